@@ -1,0 +1,1 @@
+"""Image similarity search: feature engines, feature store, vector index and the web app around them."""

@@ -1,0 +1,103 @@
+"""ImageNet CNNs from keras.applications: ResNet50 (the default), VGG16 and MobileNetV2, from one table."""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .base import Engine, WeightsUnavailable
+
+log = logging.getLogger(__name__)
+
+
+def _resnet50(weights):
+    import keras
+
+    return keras.applications.ResNet50(include_top=False, pooling="avg", weights=weights)
+
+
+def _vgg16(weights):
+    import keras
+
+    full = keras.applications.VGG16(include_top=True, weights=weights)
+    return keras.Model(full.input, full.get_layer("fc2").output, name="vgg16_fc2")
+
+
+def _mobilenetv2(weights):
+    import keras
+
+    return keras.applications.MobileNetV2(include_top=False, pooling="avg", weights=weights)
+
+
+def _builder_and_preprocess(name: str):
+    from keras.applications import mobilenet_v2, resnet50, vgg16
+
+    return {
+        "resnet50": (_resnet50, resnet50.preprocess_input),
+        "vgg16": (_vgg16, vgg16.preprocess_input),
+        "mobilenetv2": (_mobilenetv2, mobilenet_v2.preprocess_input),
+    }[name]
+
+
+DIMENSIONS = {"resnet50": 2048, "vgg16": 4096, "mobilenetv2": 1280}
+DEFAULT_METRICS = {"resnet50": "cosine", "vgg16": "euclidean", "mobilenetv2": "cosine"}
+ALLOWED_METRICS = {"resnet50": ("cosine",), "vgg16": ("euclidean", "cosine"), "mobilenetv2": ("cosine",)}
+
+
+class KerasApplicationEngine(Engine):
+    """One keras.applications network; `weights` is `imagenet`, `random`, or a path to a weights file."""
+
+    def __init__(self, name: str, weights: str = "imagenet", metric: str | None = None):
+        super().__init__()
+        if name not in DIMENSIONS:
+            raise ValueError(f"Unknown Keras engine {name!r}; known: {', '.join(DIMENSIONS)}")
+        metric = metric or DEFAULT_METRICS[name]
+        if metric not in ALLOWED_METRICS[name]:
+            raise ValueError(f"{name} ranks by {' or '.join(ALLOWED_METRICS[name])}, not {metric!r}")
+        self.name = name
+        self.dim = DIMENSIONS[name]
+        self.metric = metric
+        self.input_size = 224
+        self._weights_setting = weights
+        self._features = None
+        if weights in ("imagenet", "random"):
+            self.weights = self._weights_tag = weights
+        else:
+            if not Path(weights).is_file():
+                raise ValueError(f"Weights file {weights} does not exist")
+            self.weights = f"file {weights}"
+            # Retrained weights are a new feature space: the tag follows the file's content.
+            self._weights_tag = "file" + hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:12]
+
+    @property
+    def weights_tag(self) -> str:
+        return self._weights_tag
+
+    def _load(self) -> None:
+        import tensorflow as tf
+
+        build, preprocess = _builder_and_preprocess(self.name)
+        weights = self._weights_setting
+        keras_weights = None if weights == "random" else weights
+        try:
+            model = build(keras_weights)
+        except Exception as exc:
+            if weights == "imagenet":
+                raise WeightsUnavailable(
+                    f"The ImageNet weights for {self.name} are not in the Keras cache and could not be "
+                    f"downloaded ({type(exc).__name__}: {exc})."
+                ) from exc
+            raise
+
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)], reduce_retracing=True)
+        def features(batch):
+            return model(preprocess(tf.cast(batch, tf.float32)), training=False)
+
+        self._model = model
+        self._features = features
+        log.info("Loaded %s (%s weights, %d-d)", self.name, self.weights, self.dim)
+
+    def _extract(self, batch: np.ndarray) -> np.ndarray:
+        return self._features(batch).numpy()

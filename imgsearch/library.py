@@ -1,0 +1,127 @@
+"""The image files: which exist, which are originals, saving uploads without overwriting, thumbnails."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+from werkzeug.security import safe_join
+from werkzeug.utils import secure_filename
+
+from . import imaging
+from .persist import fsync_dir
+
+log = logging.getLogger(__name__)
+
+MAX_NAME_LENGTH = 120
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Library:
+    """`images/` holds originals and user images; the manifest file names the originals."""
+
+    def __init__(self, images_dir: Path, thumbnails_dir: Path, staging_dir: Path, manifest: Path):
+        self.images_dir = Path(images_dir)
+        self.thumbnails_dir = Path(thumbnails_dir)
+        self.staging_dir = Path(staging_dir)
+        self.manifest = Path(manifest)
+        for directory in (self.images_dir, self.thumbnails_dir, self.staging_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.original_names = frozenset(read_manifest(self.manifest))
+
+    def is_original(self, name: str) -> bool:
+        return name in self.original_names
+
+    def scan(self) -> tuple[list[str], list[str]]:
+        """(originals present on disk, user images), each sorted."""
+        originals, uploads = [], []
+        with os.scandir(self.images_dir) as entries:
+            for entry in entries:
+                if entry.name.startswith(".") or not entry.is_file():
+                    continue
+                if entry.name.rsplit(".", 1)[-1].lower() not in imaging.ALLOWED_EXTENSIONS:
+                    continue
+                (originals if entry.name in self.original_names else uploads).append(entry.name)
+        return sorted(originals), sorted(uploads)
+
+    def path_of(self, name: str) -> Path:
+        """The file for a library name; raises NotFound for anything outside `images/` or missing."""
+        if not name or "/" in name or "\\" in name or "\x00" in name or name.startswith("."):
+            raise NotFound(name)
+        joined = safe_join(str(self.images_dir), name)
+        if joined is None:
+            raise NotFound(name)
+        path = Path(joined)
+        if path.parent != self.images_dir or not path.is_file():
+            raise NotFound(name)
+        return path
+
+    def stamp(self, name: str) -> tuple[int, int]:
+        """(size, mtime in ns): a changed file gets its features recomputed."""
+        info = self.path_of(name).stat()
+        return info.st_size, info.st_mtime_ns
+
+    def save_upload(self, data: bytes, client_name: str, extension: str) -> str:
+        """Store already-validated image bytes under a fresh, safe name; never overwrites anything."""
+        stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
+        fd, staged = tempfile.mkstemp(prefix=".upload-", dir=self.staging_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            for attempt in range(10_000):
+                name = f"{stem}.{extension}" if attempt == 0 else f"{stem}_{attempt}.{extension}"
+                if name in self.original_names:
+                    continue
+                try:
+                    # link() fails if the name exists, so two uploads can never take the same name.
+                    os.link(staged, self.images_dir / name)
+                except FileExistsError:
+                    continue
+                fsync_dir(self.images_dir)
+                return name
+            raise RuntimeError(f"No free filename for {stem}")
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(staged)
+
+    def delete(self, name: str) -> None:
+        path = self.path_of(name)
+        self.thumbnail_cache_path(name).unlink(missing_ok=True)
+        path.unlink()
+
+    def thumbnail_cache_path(self, name: str) -> Path:
+        return self.thumbnails_dir / f"{name}.jpg"
+
+    def thumbnail(self, name: str) -> Path:
+        """The cached 200×200 JPEG thumbnail, made on first request and remade if the image changed."""
+        source = self.path_of(name)
+        cached = self.thumbnail_cache_path(name)
+        try:
+            if cached.stat().st_mtime_ns >= source.stat().st_mtime_ns:
+                return cached
+        except FileNotFoundError:
+            pass
+        imaging.write_thumbnail(source, cached)
+        return cached
+
+    def remove_orphan_thumbnails(self) -> int:
+        removed = 0
+        for thumb in self.thumbnails_dir.glob("*.jpg"):
+            if not (self.images_dir / thumb.name[:-4]).is_file():
+                thumb.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+
+def read_manifest(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]

@@ -1,0 +1,261 @@
+"""The application core: library files, feature store, index and jobs, tied together without any HTTP."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from . import imaging
+from .config import Settings
+from .engines.base import Engine
+from .extraction import extract_files
+from .fetch import fetch_image_bytes
+from .index import make_index
+from .jobs import Job, JobRunner, Progress
+from .library import Library, NotFound
+from .store import FeatureStore
+
+
+class Refused(Exception):
+    """A request the core will not carry out; `status` is the HTTP status it maps to."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Hit:
+    filename: str
+    similarity: float
+    is_original: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchOutcome:
+    hits: list[Hit]
+    query_type: str                 # "file", "url" or "filename"
+    query_filename: str | None = None   # the library image used as, or added from, the query
+
+
+class ImageSearchService:
+    def __init__(self, settings: Settings, engine: Engine):
+        self.settings = settings
+        self.engine = engine
+        self.library = Library(settings.images_dir, settings.thumbnails_dir, settings.uploads_dir,
+                               settings.originals_manifest)
+        self.store = FeatureStore(settings.features_dir, engine.model_id, engine.dim)
+        self.index = make_index(settings.index, self.store, engine)
+        self.jobs = JobRunner()
+        self.startup_job: Job | None = None
+        self._unreadable: dict[str, tuple[int, int]] = {}
+
+    # ----- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> "ImageSearchService":
+        """Load stored features, drop those of vanished images, and index whatever is missing."""
+        self.store.load()
+        with self.store.lock:
+            self._forget_vanished()
+            self.index.rebuild()
+        self.library.remove_orphan_thumbnails()
+        if self._pending():
+            self.startup_job = self.generate_features()
+        return self
+
+    def _forget_vanished(self) -> None:
+        originals, uploads = self.library.scan()
+        on_disk = {True: set(originals), False: set(uploads)}
+        for is_original in (True, False):
+            feature_set = self.store.set_for(is_original)
+            gone = [name for name in feature_set.names if name not in on_disk[is_original]]
+            if gone:
+                feature_set.remove(gone)
+                feature_set.save()
+
+    # ----- reading -----------------------------------------------------------------------------
+
+    def list_images(self) -> dict:
+        originals, uploads = self.library.scan()
+        return {
+            "images": originals + uploads,
+            "original_images": originals,
+            "pending": [name for name, _ in self._pending(originals + uploads)],
+        }
+
+    def _pending(self, names: Sequence[str] | None = None) -> list[tuple[str, tuple[int, int]]]:
+        """(name, stamp) of images whose features are missing or older than the file."""
+        if names is None:
+            originals, uploads = self.library.scan()
+            names = originals + uploads
+        pending = []
+        for name in names:
+            try:
+                stamp = self.library.stamp(name)
+            except (NotFound, OSError):
+                continue
+            feature_set = self.store.set_for(self.library.is_original(name))
+            if feature_set.stamp(name) != stamp and self._unreadable.get(name) != stamp:
+                pending.append((name, stamp))
+        return pending
+
+    def status(self) -> dict:
+        originals, uploads = self.library.scan()
+        pending = self._pending(originals + uploads)
+        job = self.jobs.running
+        startup_running = self.startup_job is not None and self.startup_job.running
+        return {
+            **self.engine.describe(),
+            "originals": len(originals),
+            "user_images": len(uploads),
+            "indexed": len(self.store),
+            "pending": len(pending),
+            "unreadable": sorted(self._unreadable),
+            "job": {"running": job is not None, "current": job.current if job else 0,
+                    "total": job.total if job else 0},
+            "startup": {
+                "state": "indexing originals" if startup_running else "ready",
+                "current": self.startup_job.current if startup_running else 0,
+                "total": self.startup_job.total if startup_running else 0,
+            },
+            "stores": {"originals": self.store.originals.load_problem or "loaded",
+                       "user": self.store.uploads.load_problem or "loaded"},
+            "index": self.index.describe(),
+        }
+
+    # ----- feature generation ------------------------------------------------------------------
+
+    def generate_features(self) -> Job:
+        """Start (or join) the job that computes every missing or stale feature vector."""
+        return self.jobs.start(self._compute_pending)
+
+    def _compute_pending(self, progress: Progress) -> dict:
+        with self.store.lock:
+            self._forget_vanished()
+            work = self._pending()
+            work += [(n, s) for n, s in self._unreadable.items() if (n, s) not in work]
+        stamps = dict(work)
+        total, done, computed = len(work), 0, 0
+        progress(0, total, None, None)
+        batches = extract_files(self.engine, (name for name, _ in work), self.library.path_of,
+                                self.settings.batch_size, self.settings.decode_workers,
+                                self.settings.max_image_pixels)
+        for batch in batches:
+            computed += self._commit(batch.names, batch.vectors, [stamps[n] for n in batch.names])
+            for name in batch.names:
+                self._unreadable.pop(name, None)
+            done += len(batch.names)
+            progress(done, total, None, None)
+            for name, reason in batch.failures:
+                self._unreadable[name] = stamps[name]
+                done += 1
+                progress(done, total, name, reason)
+        return {**self.feature_counts(), "computed": computed}
+
+    def feature_counts(self) -> dict:
+        return {"count": len(self.store.uploads), "original_count": len(self.store.originals)}
+
+    def _commit(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> int:
+        """Store vectors for images that still exist unchanged; returns how many were stored."""
+        with self.store.lock:
+            stored = 0
+            for is_original in (True, False):
+                rows = [i for i, name in enumerate(names) if self.library.is_original(name) == is_original
+                        and self._current_stamp(name) == stamps[i]]
+                if rows:
+                    chosen = [names[i] for i in rows]
+                    feature_set = self.store.set_for(is_original)
+                    feature_set.add(chosen, vectors[rows], [stamps[i] for i in rows])
+                    feature_set.save()
+                    self.index.add(chosen, vectors[rows])
+                    stored += len(rows)
+            return stored
+
+    def _current_stamp(self, name: str) -> tuple[int, int] | None:
+        try:
+            return self.library.stamp(name)
+        except (NotFound, OSError):
+            return None
+
+    # ----- library changes ---------------------------------------------------------------------
+
+    def add_image(self, data: bytes, client_name: str) -> str:
+        """Validate, store and index one uploaded image; returns its library name."""
+        if len(data) > self.settings.max_upload_bytes:
+            raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
+        image, extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)
+        name = self.library.save_upload(data, client_name, extension)
+        stamp = self.library.stamp(name)
+        vectors = self.engine.extract(self.engine.prepare(image)[None])
+        self._commit([name], vectors, [stamp])
+        return name
+
+    def delete_images(self, names: Sequence[str]) -> list[str]:
+        """Delete user images with their thumbnails and features; all names are checked before any is touched."""
+        if not names:
+            raise Refused("No filenames given.", 400)
+        with self.store.lock:
+            for name in names:
+                self.library.path_of(name)
+                if self.library.is_original(name):
+                    raise Refused(f"{name} is an original image and cannot be deleted.", 403)
+            unique = list(dict.fromkeys(names))
+            self.store.uploads.remove(unique)
+            self.index.remove(unique)
+            self.store.uploads.save()
+            for name in unique:
+                self.library.delete(name)
+                self._unreadable.pop(name, None)
+        return unique
+
+    # ----- search ------------------------------------------------------------------------------
+
+    def clamp_k(self, k: int | None) -> int:
+        if k is None:
+            return self.settings.default_k
+        return max(1, min(int(k), self.settings.max_k))
+
+    def search_image(self, image: Image.Image, k: int | None = None, min_similarity: float = 0.0,
+                     exclude: frozenset[str] = frozenset()) -> list[Hit]:
+        vector = self.engine.extract(self.engine.prepare(image)[None])[0]
+        return self.search_vector(vector, k, min_similarity, exclude)
+
+    def search_vector(self, vector: np.ndarray, k: int | None = None, min_similarity: float = 0.0,
+                      exclude: frozenset[str] = frozenset()) -> list[Hit]:
+        ranked = self.index.search(vector[None], self.clamp_k(k), exclude)[0]
+        return [Hit(name, round(score, 6), self.library.is_original(name))
+                for name, score in ranked if score >= min_similarity]
+
+    def search_bytes(self, data: bytes, k: int | None = None, min_similarity: float = 0.0) -> SearchOutcome:
+        if len(data) > self.settings.max_upload_bytes:
+            raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
+        image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
+        return SearchOutcome(self.search_image(image, k, min_similarity), "file")
+
+    def search_url(self, url: str, k: int | None = None, min_similarity: float = 0.0,
+                   add_to_library: bool = False) -> SearchOutcome:
+        data = fetch_image_bytes(url, allow_private=self.settings.allow_private_urls,
+                                 timeout=self.settings.url_timeout, max_bytes=self.settings.max_upload_bytes)
+        try:
+            image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
+        except imaging.ImageError as exc:
+            raise Refused(f"The URL did not return a usable image: {exc.message}", 422) from None
+        added = None
+        if add_to_library:
+            added = self.add_image(data, Path(url.split("?", 1)[0]).name)
+        exclude = frozenset([added]) if added else frozenset()
+        return SearchOutcome(self.search_image(image, k, min_similarity, exclude), "url", added)
+
+    def search_filename(self, name: str, k: int | None = None, min_similarity: float = 0.0) -> SearchOutcome:
+        path = self.library.path_of(name)
+        vector = self.store.vector(name)
+        if vector is None or self.store.stamp(name) != self.library.stamp(name):
+            image = imaging.open_image(path, max_pixels=self.settings.max_image_pixels)
+            vector = self.engine.extract(self.engine.prepare(image)[None])[0]
+        hits = self.search_vector(vector, k, min_similarity, frozenset([name]))
+        return SearchOutcome(hits, "filename", name)

@@ -1,0 +1,188 @@
+"""JSON API routes: parse the request, call the core, shape the response."""
+from __future__ import annotations
+
+import hmac
+import json
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, current_app, jsonify, request, url_for
+
+from ..imaging import ImageError
+from ..service import ImageSearchService, Refused, SearchOutcome
+from .errors import ApiError
+
+blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+
+def service() -> ImageSearchService:
+    return current_app.extensions["image_search"]
+
+
+@blueprint.before_request
+def guard_state_changes():
+    """Refuse cross-site form posts, and require the bearer token when one is configured."""
+    if request.method not in ("POST", "DELETE", "PUT", "PATCH"):
+        return
+    if request.headers.get("Sec-Fetch-Site") == "cross-site":
+        raise ApiError(403, "Cross-site requests are not allowed.")
+    origin = request.headers.get("Origin")
+    if origin and urlsplit(origin).netloc != request.host:
+        raise ApiError(403, "Cross-origin requests are not allowed.")
+    token = service().settings.token
+    if token and _changes_state():
+        supplied = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode()):
+            raise ApiError(401, "This action needs the access token (Authorization: Bearer <token>).")
+
+
+def _changes_state() -> bool:
+    if request.endpoint != "api.search":
+        return True
+    return _flag(_field("add_to_library"))
+
+
+def _field(name: str):
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict):
+            raise ApiError(400, "The JSON body must be an object.")
+        return body.get(name)
+    return request.form.get(name)
+
+
+def _flag(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _number(name: str, kind, low, high):
+    value = _field(name)
+    if value is None or value == "":
+        return None
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ApiError(400, f"{name} must be a number.") from None
+    if kind is float and not (low <= number <= high):
+        raise ApiError(400, f"{name} must be between {low} and {high}.")
+    return number
+
+
+def _hit_json(hit) -> dict:
+    return {
+        "filename": hit.filename,
+        "similarity": hit.similarity,
+        "image_url": url_for("images.image", filename=hit.filename),
+        "thumb_url": url_for("images.thumbnail", filename=hit.filename),
+        "is_original": hit.is_original,
+    }
+
+
+@blueprint.get("/status")
+def status():
+    return jsonify({**service().status(), "auth_required": bool(service().settings.token)})
+
+
+@blueprint.get("/images")
+def list_images():
+    return jsonify(service().list_images())
+
+
+@blueprint.get("/check-features")
+def check_features():
+    return jsonify({"exists": len(service().store) > 0})
+
+
+@blueprint.post("/upload-image")
+def upload_image():
+    files = [f for key in ("file", "files") for f in request.files.getlist(key)]
+    if not files:
+        raise ApiError(400, "No file part: send the image as multipart field 'file'.")
+    limit = service().settings.max_files_per_request
+    if len(files) > limit:
+        raise ApiError(413, f"At most {limit} files per request.")
+    max_bytes = service().settings.max_upload_bytes
+    uploaded, failed = [], []
+    for storage in files:
+        data = storage.stream.read(max_bytes + 1)
+        try:
+            name = service().add_image(data, storage.filename or "")
+            uploaded.append({"filename": name, "original_name": storage.filename})
+        except (ImageError, Refused) as exc:
+            if len(files) == 1:
+                raise
+            failed.append({"original_name": storage.filename, "error": exc.message, "status": exc.status})
+    if not uploaded:
+        first = failed[0]
+        return jsonify({"error": first["error"], "failed": failed}), first["status"]
+    return jsonify({"success": True, "filename": uploaded[0]["filename"], "uploaded": uploaded, "failed": failed})
+
+
+@blueprint.delete("/delete-image/<path:filename>")
+def delete_image(filename: str):
+    service().delete_images([filename])
+    return jsonify({"success": True})
+
+
+@blueprint.post("/delete-images")
+def delete_images():
+    names = _field("filenames")
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ApiError(400, "Send JSON {\"filenames\": [...]}.")
+    return jsonify({"success": True, "deleted": service().delete_images(names)})
+
+
+def _event_stream(job) -> Response:
+    return _event_stream_of(job.events())
+
+
+def _event_stream_of(states) -> Response:
+    def stream():
+        for state in states:
+            yield ": keep-alive\n\n" if state is None else f"data: {json.dumps(state)}\n\n"
+
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return Response(stream(), mimetype="text/event-stream", headers=headers)
+
+
+@blueprint.post("/generate-features")
+def generate_features():
+    return _event_stream(service().generate_features())
+
+
+@blueprint.get("/generate-features")
+def follow_features():
+    job = service().jobs.last
+    if job is None:
+        summary = {"complete": True, **service().feature_counts(), "computed": 0, "skipped": []}
+        return _event_stream_of([summary])
+    return _event_stream(job)
+
+
+@blueprint.post("/search")
+def search():
+    k = _number("k", int, 1, None)
+    min_similarity = _number("min_similarity", float, 0.0, 1.0) or 0.0
+    core = service()
+    upload = request.files.get("file")
+    url, filename = _field("url"), _field("filename")
+    if upload is not None and upload.filename != "":
+        outcome = core.search_bytes(upload.stream.read(core.settings.max_upload_bytes + 1), k, min_similarity)
+    elif url:
+        outcome = core.search_url(str(url).strip(), k, min_similarity, _flag(_field("add_to_library")))
+    elif filename:
+        outcome = core.search_filename(str(filename), k, min_similarity)
+    else:
+        raise ApiError(400, "Give a query: an image 'file', an image 'url', or a library 'filename'.")
+    return jsonify(_outcome_json(outcome))
+
+
+def _outcome_json(outcome: SearchOutcome) -> dict:
+    query = {"type": outcome.query_type}
+    if outcome.query_filename:
+        query["filename"] = outcome.query_filename
+        query["image_url"] = url_for("images.image", filename=outcome.query_filename)
+    engine = service().engine
+    return {"results": [_hit_json(hit) for hit in outcome.hits], "query": query,
+            "model": engine.name, "metric": engine.metric}

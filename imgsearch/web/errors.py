@@ -1,0 +1,62 @@
+"""One error shape for the API: `{"error": "..."}` with a fitting status, never a stack trace."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from ..fetch import FetchError
+from ..imaging import ImageError
+from ..library import NotFound
+from ..service import Refused
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str):
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response
+
+
+def init_app(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def api_error(exc: ApiError):
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(Refused)
+    def refused(exc: Refused):
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(ImageError)
+    def bad_image(exc: ImageError):
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(FetchError)
+    def bad_url(exc: FetchError):
+        return error_response(exc.status, exc.message)
+
+    @app.errorhandler(NotFound)
+    def not_found(exc: NotFound):
+        return error_response(404, f"No image named {exc.args[0]!r} in the library.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if exc.code == 413:
+            return error_response(413, "The request is too large.")
+        if request.path.startswith("/api/") or request.path.startswith("/images/"):
+            return error_response(exc.code or 500, exc.description or exc.name)
+        return exc
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        log.exception("Unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "Internal server error.")
