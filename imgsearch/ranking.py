@@ -3,18 +3,15 @@
 Similarity shown to users is always 0..1, 1 meaning identical:
 - cosine: the cosine itself, clipped at 0;
 - euclidean: 1 / (1 + distance);
-- chi2: 1 - distance / 5, because each of the colour descriptor's five region histograms sums to 1,
+- chi2: 1 - distance / 5: each of the colour descriptor's five region histograms sums to 1,
   which bounds its chi-squared distance by 1.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .engines.color import chi2_distances, chi2_similarity
 from .store import Snapshot
-
-CHI2_REGIONS = 5
-CHI2_EPS = 1e-10
-_CHI2_BLOCK = 4096
 
 
 def similarities(snapshot: Snapshot, queries: np.ndarray, metric: str) -> np.ndarray:
@@ -29,18 +26,8 @@ def similarities(snapshot: Snapshot, queries: np.ndarray, metric: str) -> np.nda
         distances = np.sqrt(np.maximum(snapshot.sq_norms[None, :] + query_sq - 2.0 * (queries @ matrix.T), 0.0))
         return 1.0 / (1.0 + distances)
     if metric == "chi2":
-        distances = np.stack([chi2_distances(query, matrix) for query in queries])
-        return np.clip(1.0 - distances / CHI2_REGIONS, 0.0, 1.0)
+        return np.stack([chi2_similarity(chi2_distances(query, matrix)) for query in queries])
     raise ValueError(f"Unknown metric {metric!r}")
-
-
-def chi2_distances(query: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """½ Σ (a−b)² / (a+b+ε) between one histogram and every row, in blocks to bound memory."""
-    out = np.empty(len(matrix), np.float32)
-    for start in range(0, len(matrix), _CHI2_BLOCK):
-        block = matrix[start:start + _CHI2_BLOCK]
-        out[start:start + len(block)] = 0.5 * np.sum((block - query) ** 2 / (block + query + CHI2_EPS), axis=1)
-    return out
 
 
 def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: str,
