@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, service: ImageSearchService | N
     # Room for a full request of max-size files; each file's own limit is checked separately.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_files_per_request * settings.max_upload_bytes + 1024 * 1024
     app.config["MAX_FORM_MEMORY_SIZE"] = 1024 * 1024
+    app.url_map.merge_slashes = False  # a doubled slash is a bad name (404), not a redirect
     app.extensions["image_search"] = service
     errors.init_app(app)
     app.register_blueprint(pages.blueprint)
