@@ -1,0 +1,195 @@
+// Every call to the server goes through here: common headers, the access-token dance, error messages.
+
+const TOKEN_KEY = "imgsearch.token";
+
+export class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+let tokenProvider = async () => null;
+let pendingPrompt = null;
+
+/** `provider()` asks the user for the access token and resolves to it, or to null when they cancel. */
+export function setTokenProvider(provider) {
+  tokenProvider = provider;
+}
+
+function headers(extra = {}) {
+  const result = { "X-Requested-With": "fetch", ...extra };
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  if (token) result.Authorization = `Bearer ${token}`;
+  return result;
+}
+
+// Several requests can hit a 401 together (a batch upload); they share one prompt.
+async function obtainToken() {
+  if (!pendingPrompt) {
+    pendingPrompt = Promise.resolve(tokenProvider()).finally(() => {
+      pendingPrompt = null;
+    });
+  }
+  const token = await pendingPrompt;
+  if (!token) throw new ApiError("This action needs the server's access token.", 401);
+  sessionStorage.setItem(TOKEN_KEY, token);
+}
+
+// `send` is called again after the user gives a token; anything with a `status` works as its result.
+async function withAuthRetry(send) {
+  const sentWith = sessionStorage.getItem(TOKEN_KEY);
+  let response = await send();
+  if (response.status !== 401) return response;
+  if (sessionStorage.getItem(TOKEN_KEY) === sentWith) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    await obtainToken();
+  }
+  response = await send();
+  if (response.status === 401) sessionStorage.removeItem(TOKEN_KEY);
+  return response;
+}
+
+function messageFor(status, body, fallback) {
+  if (body && typeof body.error === "string" && body.error) return body.error;
+  if (status === 0) return "The server could not be reached.";
+  return fallback || `The server answered with status ${status}.`;
+}
+
+async function parseJson(response) {
+  try {
+    return await response.json();
+  } catch {
+    return null;
+  }
+}
+
+async function send(method, url, body) {
+  let response;
+  try {
+    response = await withAuthRetry(() => {
+      const init = { method, headers: headers(), cache: "no-store" };
+      if (body instanceof FormData) {
+        init.body = body;
+      } else if (body !== undefined) {
+        init.body = JSON.stringify(body);
+        init.headers["Content-Type"] = "application/json";
+      }
+      return fetch(url, init);
+    });
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
+    throw new ApiError("The server could not be reached.", 0);
+  }
+  const data = await parseJson(response);
+  if (!response.ok) throw new ApiError(messageFor(response.status, data, response.statusText), response.status);
+  return data;
+}
+
+const enc = encodeURIComponent;
+
+export const imageUrl = (name) => `/images/${enc(name)}`;
+export const thumbUrl = (name) => `/images/thumb/${enc(name)}`;
+
+export const getStatus = () => send("GET", "/api/status");
+export const listImages = () => send("GET", "/api/images");
+export const deleteImage = (name) => send("DELETE", `/api/delete-image/${enc(name)}`);
+export const deleteImages = (names) => send("POST", "/api/delete-images", { filenames: names });
+
+/** query: {file} | {url} | {filename}; options: {k, addToLibrary}. */
+export function search(query, { k, addToLibrary = false } = {}) {
+  const form = new FormData();
+  if (query.file) form.append("file", query.file, query.file.name || "pasted-image.png");
+  if (query.url) form.append("url", query.url);
+  if (query.filename) form.append("filename", query.filename);
+  if (k) form.append("k", String(k));
+  if (addToLibrary) form.append("add_to_library", "true");
+  return send("POST", "/api/search", form);
+}
+
+// XMLHttpRequest rather than fetch because only it reports upload progress.
+function xhrUpload(file, onProgress) {
+  return new Promise((resolve) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("POST", "/api/upload-image");
+    for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
+    xhr.responseType = "json";
+    xhr.upload.onprogress = (event) => {
+      if (event.lengthComputable) onProgress(event.loaded / event.total);
+    };
+    xhr.onload = () => resolve({ status: xhr.status, data: xhr.response });
+    xhr.onerror = () => resolve({ status: 0, data: null });
+    const form = new FormData();
+    form.append("file", file, file.name);
+    xhr.send(form);
+  });
+}
+
+/** Uploads one file; resolves to the server's JSON ({success, filename}) or throws ApiError. */
+export async function uploadFile(file, onProgress = () => {}) {
+  const { status, data } = await withAuthRetry(() => xhrUpload(file, onProgress));
+  if (status < 200 || status >= 300) {
+    const fallback = status === 413 ? "The file is too large." : "";
+    throw new ApiError(messageFor(status, data, fallback), status);
+  }
+  return data;
+}
+
+function parseEventBlock(block) {
+  const data = block
+    .split("\n")
+    .filter((line) => line.startsWith("data:"))
+    .map((line) => line.slice(5).replace(/^ /, ""))
+    .join("\n");
+  return data ? JSON.parse(data) : null;
+}
+
+/**
+ * Runs (POST) or follows (GET) the feature-generation job, calling onEvent for every progress event.
+ * Resolves to the completion event; throws ApiError on an error event or a dropped stream.
+ */
+export async function generateFeatures({ start = true, onEvent = () => {} } = {}) {
+  let response;
+  try {
+    response = await withAuthRetry(() =>
+      fetch("/api/generate-features", {
+        method: start ? "POST" : "GET",
+        headers: headers({ Accept: "text/event-stream" }),
+        cache: "no-store",
+      }),
+    );
+  } catch (error) {
+    if (error instanceof ApiError) throw error;
+    throw new ApiError("The server could not be reached.", 0);
+  }
+  if (!response.ok) {
+    throw new ApiError(messageFor(response.status, await parseJson(response)), response.status);
+  }
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  try {
+    for (;;) {
+      let chunk;
+      try {
+        chunk = await reader.read();
+      } catch {
+        break;
+      }
+      if (chunk.done) break;
+      buffer += chunk.value.replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const event = parseEventBlock(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+        if (!event) continue;
+        if (event.error) throw new ApiError(event.error, 500);
+        onEvent(event);
+        if (event.complete) return event;
+      }
+    }
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  throw new ApiError("The connection closed before feature generation finished.", 0);
+}

@@ -1,0 +1,110 @@
+// Entry point: wires the tabs, the status line and the views, and keeps them in step with the server.
+import { getStatus, listImages, setTokenProvider } from "./api.js";
+import { el, formatCount } from "./dom.js";
+import { Gallery } from "./gallery.js";
+import { askForToken, initModals } from "./modal.js";
+import { FeatureJob } from "./progress.js";
+import { SearchView } from "./search.js";
+import { initTablist } from "./tabs.js";
+import { toastError } from "./toast.js";
+
+const STARTUP_POLL_MS = 1500;
+const RECONNECT_MS = 5000;
+const byId = (id) => document.getElementById(id);
+
+let refreshInFlight = null;
+let refreshAgain = false;
+let pollTimer = null;
+let serverWasDown = false;
+
+function statusItem(text, className = "") {
+  return el("span", { class: `status-item ${className}`.trim() }, ...text);
+}
+
+function renderStatus(status) {
+  const line = byId("status-line");
+  const startup = status.startup || { state: "ready" };
+  const items = [
+    statusItem(["Model ", el("strong", {}, status.model)]),
+    statusItem(["Metric ", el("strong", {}, status.metric)]),
+  ];
+  if (startup.state !== "ready") {
+    const counter = startup.total ? ` ${startup.current} / ${startup.total}` : "";
+    const state = `${startup.state.charAt(0).toUpperCase()}${startup.state.slice(1)}`;
+    const spinner = el("span", { class: "spinner", "aria-hidden": "true" });
+    items.push(statusItem([spinner, `${state}${counter}…`], "status-busy"));
+  } else {
+    const total = (status.originals || 0) + (status.user_images || 0);
+    items.push(statusItem([`${status.indexed.toLocaleString()} of ${formatCount(total, "image")} indexed`]));
+    const unreadable = status.unreadable?.length || 0;
+    if (status.pending) items.push(statusItem([`${status.pending.toLocaleString()} pending`], "status-pending"));
+    if (unreadable) items.push(statusItem([`${unreadable.toLocaleString()} unreadable`], "status-pending"));
+  }
+  if (status.index?.consistent === false) {
+    items.push(statusItem(["index out of step: press Generate Features"], "status-pending"));
+  }
+  line.replaceChildren(...items);
+  const features = `${status.dimension}-dimensional features`;
+  line.title = `Weights: ${status.weights} · ${features} · index: ${status.index?.backend ?? "unknown"}`;
+
+  byId("fallback-notice").hidden = !status.fallback;
+  byId("fallback-reason").textContent = status.fallback_reason || "";
+}
+
+async function refresh() {
+  if (refreshInFlight) {
+    refreshAgain = true;
+    return refreshInFlight;
+  }
+  refreshInFlight = (async () => {
+    do {
+      refreshAgain = false;
+      try {
+        const [status, images] = await Promise.all([getStatus(), listImages()]);
+        serverWasDown = false;
+        renderStatus(status);
+        gallery.setData(images);
+        searchView.setLibrary(images);
+        if (status.job && status.job.running && !featureJob.running) featureJob.run({ start: false });
+        clearTimeout(pollTimer);
+        if (status.startup && status.startup.state !== "ready") pollTimer = setTimeout(refresh, STARTUP_POLL_MS);
+      } catch (error) {
+        byId("status-line").textContent = `Cannot reach the server: ${error.message}`;
+        if (!serverWasDown) toastError(error);
+        serverWasDown = true;
+        clearTimeout(pollTimer);
+        pollTimer = setTimeout(refresh, RECONNECT_MS);
+      }
+    } while (refreshAgain);
+  })().finally(() => {
+    refreshInFlight = null;
+  });
+  return refreshInFlight;
+}
+
+initModals();
+setTokenProvider(askForToken);
+
+const gallery = new Gallery({
+  onFindSimilar: (name) => {
+    sections.select(byId("tab-search"));
+    byId("panel-search").focus({ preventScroll: true });
+    searchView.searchByFilename(name);
+  },
+  onChanged: refresh,
+});
+const searchView = new SearchView({ onLibraryChanged: refresh });
+const featureJob = new FeatureJob({ onFinished: refresh });
+
+const sections = initTablist(document.querySelector(".tabs"), (tab) => {
+  history.replaceState(null, "", `#${tab.id.replace("tab-", "")}`);
+});
+if (location.hash === "#search") sections.select(byId("tab-search"));
+
+// A file dropped outside a drop zone must not make the browser navigate away from the app.
+for (const type of ["dragover", "drop"]) document.addEventListener(type, (event) => event.preventDefault());
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") refresh();
+});
+
+refresh();
