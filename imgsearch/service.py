@@ -231,11 +231,14 @@ class ImageSearchService:
         return [Hit(name, round(score, 6), self.library.is_original(name))
                 for name, score in ranked if score >= min_similarity]
 
-    def search_bytes(self, data: bytes, k: int | None = None, min_similarity: float = 0.0) -> SearchOutcome:
+    def search_bytes(self, data: bytes, k: int | None = None, min_similarity: float = 0.0,
+                     add_to_library: bool = False, client_name: str = "") -> SearchOutcome:
         if len(data) > self.settings.max_upload_bytes:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
         image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
-        return SearchOutcome(self.search_image(image, k, min_similarity), "file")
+        added = self.add_image(data, client_name) if add_to_library else None
+        exclude = frozenset([added]) if added else frozenset()
+        return SearchOutcome(self.search_image(image, k, min_similarity, exclude), "file", added)
 
     def search_url(self, url: str, k: int | None = None, min_similarity: float = 0.0,
                    add_to_library: bool = False) -> SearchOutcome:

@@ -222,6 +222,14 @@ class TestSearch:
         scores = [r["similarity"] for r in body["results"]]
         assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
 
+    def test_by_file_can_add_the_query_to_the_library(self, client):
+        body = client.post("/api/search", data={"file": (io.BytesIO(make_image("green", seed=31)), "pick.png"),
+                                                "add_to_library": "true"},
+                           content_type="multipart/form-data").get_json()
+        assert body["query"]["filename"] == "pick.png"
+        assert "pick.png" not in [r["filename"] for r in body["results"]]
+        assert "pick.png" in client.get("/api/images").get_json()["images"]
+
     def test_by_filename_excludes_the_query(self, client):
         for payload in ({"json": {"filename": "red_circle.png", "k": 3}},
                         {"data": {"filename": "red_circle.png", "k": "3"}}):

@@ -167,10 +167,12 @@ def search():
     core = service()
     upload = request.files.get("file")
     url, filename = _field("url"), _field("filename")
+    add_to_library = _flag(_field("add_to_library"))
     if upload is not None and upload.filename != "":
-        outcome = core.search_bytes(upload.stream.read(core.settings.max_upload_bytes + 1), k, min_similarity)
+        data = upload.stream.read(core.settings.max_upload_bytes + 1)
+        outcome = core.search_bytes(data, k, min_similarity, add_to_library, upload.filename)
     elif url:
-        outcome = core.search_url(str(url).strip(), k, min_similarity, _flag(_field("add_to_library")))
+        outcome = core.search_url(str(url).strip(), k, min_similarity, add_to_library)
     elif filename:
         outcome = core.search_filename(str(filename), k, min_similarity)
     else:
