@@ -69,7 +69,7 @@ class Settings:
         64_000_000, "IMAGE_SEARCH_MAX_PIXELS",
         "Largest decoded image, in pixels; larger files are refused as decompression bombs.",
     )
-    url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Connect and read timeout for URL search, in seconds.")
+    url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
@@ -142,5 +142,9 @@ def documented_settings() -> list[tuple[str, str, str]]:
             default = "the project folder"
         elif field.name == "cache_dir":
             default = "~/.cache/image-search"
+        elif isinstance(default, bool):
+            default = int(default)
+        elif default == "":
+            default = "(empty)"
         rows.append((field.metadata["env"], str(default), field.metadata["help"]))
     return rows
