@@ -61,6 +61,13 @@ class Library:
             raise NotFound(name)
         return path
 
+    def exists(self, name: str) -> bool:
+        try:
+            self.path_of(name)
+        except NotFound:
+            return False
+        return True
+
     def stamp(self, name: str) -> tuple[int, int]:
         """(size, mtime in ns): a changed file gets its features recomputed."""
         info = self.path_of(name).stat()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -11,10 +12,13 @@ from PIL import Image
 
 from . import imaging
 from .config import Settings
-from .engines.base import Engine
+from .engines import get_engine
+from .engines.base import Engine, WeightsUnavailable
 from .extraction import extract_files
 from .fetch import fetch_image_bytes
 from .index import make_index
+from .index.base import VectorIndex
+from .index.exact import ExactIndex
 from .jobs import Job, JobRunner, Progress
 from .library import Library, NotFound
 from .store import FeatureStore
@@ -37,10 +41,27 @@ class Hit:
 
 
 @dataclasses.dataclass(frozen=True)
+class SearchOptions:
+    k: int | None = None              # clamped to 1..max_k; None means the default
+    min_similarity: float = 0.0
+    engine: str | None = None         # None means the active engine
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpace:
+    """One engine with its feature store and index: vectors from different spaces never meet."""
+
+    engine: Engine
+    store: FeatureStore
+    index: VectorIndex
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchOutcome:
     hits: list[Hit]
-    query_type: str                 # "file", "url" or "filename"
-    query_filename: str | None = None   # the library image used as, or added from, the query
+    query_type: str                     # "file", "url" or "filename"
+    query_filename: str | None          # the library image used as, or added from, the query
+    engine: Engine                      # the engine that ranked the results
 
 
 class ImageSearchService:
@@ -50,7 +71,10 @@ class ImageSearchService:
         self.library = Library(settings.images_dir, settings.thumbnails_dir, settings.uploads_dir,
                                settings.originals_manifest)
         self.store = FeatureStore(settings.features_dir, engine.model_id, engine.dim)
-        self.index = make_index(settings.index, self.store, engine)
+        self.index = make_index(settings, self.store, engine)
+        self.primary = FeatureSpace(engine, self.store, self.index)
+        self._spaces: dict[str, FeatureSpace] = {}
+        self._spaces_lock = threading.Lock()
         self.jobs = JobRunner()
         self.startup_job: Job | None = None
         self._unreadable: dict[str, tuple[int, int]] = {}
@@ -220,27 +244,56 @@ class ImageSearchService:
             return self.settings.default_k
         return max(1, min(int(k), self.settings.max_k))
 
-    def search_image(self, image: Image.Image, k: int | None = None, min_similarity: float = 0.0,
-                     exclude: frozenset[str] = frozenset()) -> list[Hit]:
-        vector = self.engine.extract(self.engine.prepare(image)[None])[0]
-        return self.search_vector(vector, k, min_similarity, exclude)
+    def _space(self, engine_name: str | None) -> FeatureSpace:
+        """The active engine's space, or another engine's whose store covers the whole library."""
+        if not engine_name or engine_name == self.engine.name:
+            return self.primary
+        with self._spaces_lock:
+            space = self._spaces.get(engine_name)
+            if space is None:
+                try:
+                    engine = get_engine(engine_name, self.settings)
+                except ValueError as exc:
+                    raise Refused(str(exc), 400) from None
+                except WeightsUnavailable as exc:
+                    raise Refused(str(exc), 409) from None
+                store = FeatureStore(self.settings.features_dir, engine.model_id, engine.dim)
+                store.load()
+                space = FeatureSpace(engine, store, ExactIndex(store, engine.metric))
+                self._spaces[engine_name] = space
+        originals, uploads = self.library.scan()
+        missing = [name for name in originals + uploads if name not in space.store]
+        if missing:
+            raise Refused(f"The {engine_name} features are not ready: {len(missing)} images have none. "
+                          f"Run the app once with IMAGE_SEARCH_MODEL={engine_name} to compute them.", 409)
+        return space
 
-    def search_vector(self, vector: np.ndarray, k: int | None = None, min_similarity: float = 0.0,
-                      exclude: frozenset[str] = frozenset()) -> list[Hit]:
-        ranked = self.index.search(vector[None], self.clamp_k(k), exclude)[0]
+    def _search(self, space: FeatureSpace, vector: np.ndarray, options: SearchOptions,
+                exclude: frozenset[str]) -> list[Hit]:
+        if space is not self.primary:
+            # Another engine's store may still hold images deleted since it was made.
+            exclude |= {name for name in space.store.originals.names + space.store.uploads.names
+                        if name not in self.library.original_names and not self.library.exists(name)}
+        ranked = space.index.search(vector[None], self.clamp_k(options.k), exclude)[0]
         return [Hit(name, round(score, 6), self.library.is_original(name))
-                for name, score in ranked if score >= min_similarity]
+                for name, score in ranked if score >= options.min_similarity]
 
-    def search_bytes(self, data: bytes, k: int | None = None, min_similarity: float = 0.0,
+    def _search_image(self, image: Image.Image, options: SearchOptions, query_type: str,
+                      added: str | None = None) -> SearchOutcome:
+        space = self._space(options.engine)
+        vector = space.engine.extract(space.engine.prepare(image)[None])[0]
+        exclude = frozenset([added]) if added else frozenset()
+        return SearchOutcome(self._search(space, vector, options, exclude), query_type, added, space.engine)
+
+    def search_bytes(self, data: bytes, options: SearchOptions = SearchOptions(),
                      add_to_library: bool = False, client_name: str = "") -> SearchOutcome:
         if len(data) > self.settings.max_upload_bytes:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
         image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
         added = self.add_image(data, client_name) if add_to_library else None
-        exclude = frozenset([added]) if added else frozenset()
-        return SearchOutcome(self.search_image(image, k, min_similarity, exclude), "file", added)
+        return self._search_image(image, options, "file", added)
 
-    def search_url(self, url: str, k: int | None = None, min_similarity: float = 0.0,
+    def search_url(self, url: str, options: SearchOptions = SearchOptions(),
                    add_to_library: bool = False) -> SearchOutcome:
         data = fetch_image_bytes(url, allow_private=self.settings.allow_private_urls,
                                  timeout=self.settings.url_timeout, max_bytes=self.settings.max_upload_bytes)
@@ -248,17 +301,15 @@ class ImageSearchService:
             image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
         except imaging.ImageError as exc:
             raise Refused(f"The URL did not return a usable image: {exc.message}", 422) from None
-        added = None
-        if add_to_library:
-            added = self.add_image(data, Path(url.split("?", 1)[0]).name)
-        exclude = frozenset([added]) if added else frozenset()
-        return SearchOutcome(self.search_image(image, k, min_similarity, exclude), "url", added)
+        added = self.add_image(data, Path(url.split("?", 1)[0]).name) if add_to_library else None
+        return self._search_image(image, options, "url", added)
 
-    def search_filename(self, name: str, k: int | None = None, min_similarity: float = 0.0) -> SearchOutcome:
+    def search_filename(self, name: str, options: SearchOptions = SearchOptions()) -> SearchOutcome:
         path = self.library.path_of(name)
-        vector = self.store.vector(name)
-        if vector is None or self.store.stamp(name) != self.library.stamp(name):
+        space = self._space(options.engine)
+        vector = space.store.vector(name)
+        if vector is None or space.store.stamp(name) != self.library.stamp(name):
             image = imaging.open_image(path, max_pixels=self.settings.max_image_pixels)
-            vector = self.engine.extract(self.engine.prepare(image)[None])[0]
-        hits = self.search_vector(vector, k, min_similarity, frozenset([name]))
-        return SearchOutcome(hits, "filename", name)
+            vector = space.engine.extract(space.engine.prepare(image)[None])[0]
+        hits = self._search(space, vector, options, frozenset([name]))
+        return SearchOutcome(hits, "filename", name, space.engine)

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..imaging import ImageError
-from ..service import ImageSearchService, Refused, SearchOutcome
+from ..service import ImageSearchService, Refused, SearchOptions, SearchOutcome
 from .errors import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -162,19 +162,22 @@ def follow_features():
 
 @blueprint.post("/search")
 def search():
-    k = _number("k", int, 1, None)
-    min_similarity = _number("min_similarity", float, 0.0, 1.0) or 0.0
+    options = SearchOptions(
+        k=_number("k", int, 1, None),
+        min_similarity=_number("min_similarity", float, 0.0, 1.0) or 0.0,
+        engine=_field("engine") or None,
+    )
     core = service()
     upload = request.files.get("file")
     url, filename = _field("url"), _field("filename")
     add_to_library = _flag(_field("add_to_library"))
     if upload is not None and upload.filename != "":
         data = upload.stream.read(core.settings.max_upload_bytes + 1)
-        outcome = core.search_bytes(data, k, min_similarity, add_to_library, upload.filename)
+        outcome = core.search_bytes(data, options, add_to_library, upload.filename)
     elif url:
-        outcome = core.search_url(str(url).strip(), k, min_similarity, add_to_library)
+        outcome = core.search_url(str(url).strip(), options, add_to_library)
     elif filename:
-        outcome = core.search_filename(str(filename), k, min_similarity)
+        outcome = core.search_filename(str(filename), options)
     else:
         raise ApiError(400, "Give a query: an image 'file', an image 'url', or a library 'filename'.")
     return jsonify(_outcome_json(outcome))
@@ -185,6 +188,5 @@ def _outcome_json(outcome: SearchOutcome) -> dict:
     if outcome.query_filename:
         query["filename"] = outcome.query_filename
         query["image_url"] = url_for("images.image", filename=outcome.query_filename)
-    engine = service().engine
     return {"results": [_hit_json(hit) for hit in outcome.hits], "query": query,
-            "model": engine.name, "metric": engine.metric}
+            "model": outcome.engine.name, "metric": outcome.engine.metric}
