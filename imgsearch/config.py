@@ -72,6 +72,10 @@ class Settings:
     url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
+    duplicate_threshold: float = _field(
+        0.92, "IMAGE_SEARCH_DUPLICATE_THRESHOLD",
+        "Similarity at or above which two images count as near-duplicates in the duplicate finder.",
+    )
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
     max_k: int = _field(100, "IMAGE_SEARCH_MAX_K", "Upper bound on `k` for one search.")
     log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL", "Python logging level.")

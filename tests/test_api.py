@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import build_app, make_image
+from conftest import PROJECT_DIR, build_app, make_image
 
 
 def upload(client, data: bytes, name: str):
@@ -320,3 +320,24 @@ class TestGuards:
         assert ok.status_code == 200
         assert client.post("/api/search", json={"filename": "red_circle.png"}).status_code == 200
         assert client.get("/api/status").get_json()["auth_required"] is True
+
+
+class TestDuplicates:
+    def test_groups_near_copies_and_pages(self, client):
+        photo = (PROJECT_DIR / "images" / "cat_chelsea.jpg").read_bytes()
+        upload(client, photo, "trip.jpg")
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(photo)).save(buffer, "JPEG", quality=40)
+        upload(client, buffer.getvalue(), "trip_copy.jpg")
+        body = client.get("/api/duplicates?threshold=0.95").get_json()
+        groups = [[m["filename"] for m in g["members"]] for g in body["groups"]]
+        assert groups == [["trip.jpg", "trip_copy.jpg"]]
+        group = body["groups"][0]
+        assert group["pairs"][0]["similarity"] >= 0.95 and group["best_similarity"] >= 0.95
+        everything = client.get("/api/duplicates?threshold=0.0&per_page=1&page=1").get_json()
+        assert everything["total_groups"] == 1 and len(everything["groups"][0]["members"]) == 8
+        assert everything["groups"][0]["members"][0] in [{"filename": n, "is_original": True,
+                                                          "image_url": f"/images/{n}", "thumb_url": f"/images/thumb/{n}"}
+                                                         for n in ("blue_circle.png",)]
+        assert client.get("/api/duplicates?page=2&per_page=1&threshold=0").get_json()["groups"] == []
+        assert client.get("/api/duplicates?threshold=2").status_code == 400

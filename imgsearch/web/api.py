@@ -56,15 +56,15 @@ def _flag(value) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _number(name: str, kind, low, high):
-    value = _field(name)
+def _number(name: str, value, kind, low=None, high=None):
+    """A numeric request field, or None when absent; 400 when it is not a number or out of range."""
     if value is None or value == "":
         return None
     try:
         number = kind(value)
     except (TypeError, ValueError):
         raise ApiError(400, f"{name} must be a number.") from None
-    if kind is float and not (low <= number <= high):
+    if low is not None and not low <= number <= high:
         raise ApiError(400, f"{name} must be between {low} and {high}.")
     return number
 
@@ -163,8 +163,8 @@ def follow_features():
 @blueprint.post("/search")
 def search():
     options = SearchOptions(
-        k=_number("k", int, 1, None),
-        min_similarity=_number("min_similarity", float, 0.0, 1.0) or 0.0,
+        k=_number("k", _field("k"), int),
+        min_similarity=_number("min_similarity", _field("min_similarity"), float, 0.0, 1.0) or 0.0,
         engine=_field("engine") or None,
     )
     core = service()
@@ -181,6 +181,27 @@ def search():
     else:
         raise ApiError(400, "Give a query: an image 'file', an image 'url', or a library 'filename'.")
     return jsonify(_outcome_json(outcome))
+
+
+@blueprint.get("/duplicates")
+def duplicates():
+    threshold = _number("threshold", request.args.get("threshold"), float, 0.0, 1.0)
+    page = _number("page", request.args.get("page"), int, 1, 1_000_000) or 1
+    per_page = _number("per_page", request.args.get("per_page"), int, 1, 200) or 20
+    groups = service().duplicate_groups(threshold)
+    shown = groups[(page - 1) * per_page: page * per_page]
+    is_original = service().library.is_original
+    return jsonify({
+        "threshold": service().settings.duplicate_threshold if threshold is None else threshold,
+        "total_groups": len(groups), "page": page, "per_page": per_page,
+        "groups": [{
+            "members": [{"filename": name, "is_original": is_original(name),
+                         "image_url": url_for("images.image", filename=name),
+                         "thumb_url": url_for("images.thumbnail", filename=name)} for name in group.members],
+            "pairs": [{"a": a, "b": b, "similarity": score} for a, b, score in group.pairs],
+            "best_similarity": group.best_similarity,
+        } for group in shown],
+    })
 
 
 def _outcome_json(outcome: SearchOutcome) -> dict:
