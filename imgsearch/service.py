@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import imaging
 from .config import Settings
+from .duplicates import DuplicateGroup, find_duplicate_groups
 from .engines import get_engine
 from .engines.base import Engine, WeightsUnavailable
 from .extraction import extract_files
@@ -75,6 +76,7 @@ class ImageSearchService:
         self.primary = FeatureSpace(engine, self.store, self.index)
         self._spaces: dict[str, FeatureSpace] = {}
         self._spaces_lock = threading.Lock()
+        self._duplicates_cache: tuple | None = None
         self.jobs = JobRunner()
         self.startup_job: Job | None = None
         self._unreadable: dict[str, tuple[int, int]] = {}
@@ -236,6 +238,17 @@ class ImageSearchService:
                 self.library.delete(name)
                 self._unreadable.pop(name, None)
         return unique
+
+    def duplicate_groups(self, threshold: float | None = None) -> list[DuplicateGroup]:
+        """Near-duplicate groups over the whole library; reused until the store changes."""
+        threshold = self.settings.duplicate_threshold if threshold is None else threshold
+        snapshots = self.store.snapshots()
+        cached = self._duplicates_cache
+        if cached and cached[1] == threshold and all(a is b for a, b in zip(cached[0], snapshots)):
+            return cached[2]
+        groups = find_duplicate_groups(snapshots, self.engine.metric, threshold, self.library.is_original)
+        self._duplicates_cache = (snapshots, threshold, groups)
+        return groups
 
     # ----- search ------------------------------------------------------------------------------
 
