@@ -40,15 +40,14 @@ class Job:
             self._changed.notify_all()
 
     def _run(self) -> None:
+        result, error = None, None
         try:
             result = self._work(self._report)
-            with self._changed:
-                self.result = result
         except Exception as exc:
             log.exception("Feature job failed")
-            with self._changed:
-                self.error = f"Feature generation failed: {exc}"
+            error = f"Feature generation failed: {exc}"
         with self._changed:
+            self.result, self.error = result, error
             self._version += 1
             self._changed.notify_all()
 
