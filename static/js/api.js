@@ -97,15 +97,23 @@ export const listImages = () => send("GET", "/api/images");
 export const deleteImage = (name) => send("DELETE", `/api/delete-image/${enc(name)}`);
 export const deleteImages = (names) => send("POST", "/api/delete-images", { filenames: names });
 
-/** query: {file} | {url} | {filename}; options: {k, addToLibrary}. */
-export function search(query, { k, addToLibrary = false } = {}) {
+/** query: {file} | {url} | {filename}; options: {k, addToLibrary, minSimilarity (0..1, 0 = off)}. */
+export function search(query, { k, addToLibrary = false, minSimilarity = 0 } = {}) {
   const form = new FormData();
   if (query.file) form.append("file", query.file, query.file.name || "pasted-image.png");
   if (query.url) form.append("url", query.url);
   if (query.filename) form.append("filename", query.filename);
   if (k) form.append("k", String(k));
+  if (minSimilarity > 0) form.append("min_similarity", String(minSimilarity));
   if (addToLibrary) form.append("add_to_library", "true");
   return send("POST", "/api/search", form);
+}
+
+/** One page (1-based) of near-duplicate groups; a null threshold lets the server use its default. */
+export function findDuplicates({ threshold = null, page = 1, perPage = 20 } = {}) {
+  const params = new URLSearchParams({ page: String(page), per_page: String(perPage) });
+  if (threshold !== null) params.set("threshold", String(threshold));
+  return send("GET", `/api/duplicates?${params}`);
 }
 
 // XMLHttpRequest rather than fetch because only it reports upload progress.

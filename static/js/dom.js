@@ -121,3 +121,9 @@ export function bindDropTarget(zone, onFiles, onUrl) {
 export function formatCount(n, singular, plural = `${singular}s`) {
   return `${n.toLocaleString()} ${n === 1 ? singular : plural}`;
 }
+
+/** A 0..1 similarity as a percentage with one decimal, e.g. "96.1%". */
+export function percent(similarity) {
+  const value = Math.max(0, Math.min(1, Number(similarity) || 0)) * 100;
+  return `${value.toFixed(1)}%`;
+}

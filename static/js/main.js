@@ -1,6 +1,7 @@
 // Entry point: wires the tabs, the status line and the views, and keeps them in step with the server.
 import { getStatus, listImages, setTokenProvider } from "./api.js";
 import { el, formatCount } from "./dom.js";
+import { DuplicatesView } from "./duplicates.js";
 import { Gallery } from "./gallery.js";
 import { askForToken, initModals } from "./modal.js";
 import { FeatureJob } from "./progress.js";
@@ -65,6 +66,7 @@ async function refresh() {
         renderStatus(status);
         gallery.setData(images);
         searchView.setLibrary(images);
+        duplicatesView.setLibrary(images);
         if (status.job && status.job.running && !featureJob.running) featureJob.run({ start: false });
         clearTimeout(pollTimer);
         if (status.startup && status.startup.state !== "ready") pollTimer = setTimeout(refresh, STARTUP_POLL_MS);
@@ -94,12 +96,15 @@ const gallery = new Gallery({
   onChanged: refresh,
 });
 const searchView = new SearchView({ onLibraryChanged: refresh });
+const duplicatesView = new DuplicatesView({ onLibraryChanged: refresh });
 const featureJob = new FeatureJob({ onFinished: refresh });
 
 const sections = initTablist(document.querySelector(".tabs"), (tab) => {
   history.replaceState(null, "", `#${tab.id.replace("tab-", "")}`);
+  if (tab.id === "tab-duplicates") duplicatesView.show();
 });
-if (location.hash === "#search") sections.select(byId("tab-search"));
+const linkedTab = sections.tabs.find((tab) => `#${tab.id.replace("tab-", "")}` === location.hash);
+if (linkedTab) sections.select(linkedTab);
 
 // A file dropped outside a drop zone must not make the browser navigate away from the app.
 for (const type of ["dragover", "drop"]) document.addEventListener(type, (event) => event.preventDefault());

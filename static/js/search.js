@@ -1,18 +1,17 @@
-// The Search tab: three ways to give a query image, the result-count control, and the results grid.
+// The Search tab: three ways to give a query image, the result options, and the results grid.
 import { imageUrl, search, thumbUrl } from "./api.js";
-import { Pager, bindDropTarget, clearLazy, el, formatCount, icon, lazyImage } from "./dom.js";
+import { Pager, bindDropTarget, clearLazy, el, formatCount, icon, lazyImage, percent } from "./dom.js";
 import { openViewer } from "./modal.js";
 import { showToast, toastError } from "./toast.js";
 import { initTablist } from "./tabs.js";
 
 const PICKER_PAGE_SIZE = 48;
+// Matches this close to the query are almost always the same picture saved again (re-encoded, resized).
+const NEAR_EXACT_SIMILARITY = 0.98;
 
 const byId = (id) => document.getElementById(id);
 
-function percent(similarity) {
-  const value = Math.max(0, Math.min(1, Number(similarity) || 0)) * 100;
-  return `${value.toFixed(1)}%`;
-}
+const percentLabel = (fraction) => `${Number((fraction * 100).toFixed(1))}%`;
 
 export class SearchView {
   constructor({ onLibraryChanged }) {
@@ -22,6 +21,8 @@ export class SearchView {
     this.lastQuery = null;
     this.requestId = 0;
     this.previewUrl = null;
+    this.answer = null;
+    // The results on screen (after the near-exact filter), in the viewer's order.
     this.results = [];
     this.modes = initTablist(byId("panel-search").querySelector(".modes"), (tab) => {
       byId("add-to-library-option").hidden = tab.id === "mode-library";
@@ -45,6 +46,20 @@ export class SearchView {
     byId("result-count").addEventListener("change", () => {
       if (this.lastQuery) this.run(this.lastQuery, { repeat: true });
     });
+    byId("min-similarity").addEventListener("change", () => {
+      byId("min-similarity").value = String(Math.round(this.minSimilarity() * 1000) / 10);
+      if (this.lastQuery) this.run(this.lastQuery, { repeat: true });
+    });
+    // A display filter only: the results already in hand are re-rendered, the server is not asked again.
+    byId("hide-near-exact").addEventListener("change", () => {
+      if (this.answer) this.renderResults();
+    });
+  }
+
+  /** The minimum-similarity box as a 0..1 fraction; anything unreadable counts as 0 (off). */
+  minSimilarity() {
+    const value = byId("min-similarity").valueAsNumber;
+    return Number.isFinite(value) ? Math.max(0, Math.min(100, value)) / 100 : 0;
   }
 
   /** mode: "upload" | "url" | "library" */
@@ -120,6 +135,7 @@ export class SearchView {
     const id = ++this.requestId;
     const k = Number(byId("result-count").value) || 6;
     const addToLibrary = !repeat && !query.filename && byId("add-to-library").checked;
+    const minSimilarity = this.minSimilarity();
     const status = byId("search-status");
     const resultsBox = byId("search-results");
     status.classList.remove("error");
@@ -130,7 +146,7 @@ export class SearchView {
 
     let data;
     try {
-      data = await search(query, { k, addToLibrary });
+      data = await search(query, { k, addToLibrary, minSimilarity });
     } catch (error) {
       if (id !== this.requestId) return;
       resultsBox.removeAttribute("aria-busy");
@@ -141,11 +157,13 @@ export class SearchView {
     }
     if (id !== this.requestId) return;
     resultsBox.removeAttribute("aria-busy");
-    const results = data.results || [];
-    status.textContent = `${formatCount(results.length, "match", "matches")} for ${this.describe(query)}` +
-      (data.model ? ` (${data.model}, ${data.metric})` : "");
+    this.answer = {
+      results: data.results || [],
+      minSimilarity,
+      about: `for ${this.describe(query)}${data.model ? ` (${data.model}, ${data.metric})` : ""}`,
+    };
     this.showQuery(query, data.query || {});
-    this.showResults(results);
+    this.renderResults();
     // On a phone the results start below a long picker; bring them up rather than leave them unseen.
     if (resultsBox.getBoundingClientRect().top > window.innerHeight * 0.75) status.scrollIntoView({ block: "start" });
     if (addToLibrary) {
@@ -192,16 +210,43 @@ export class SearchView {
     byId("query-caption").title = this.describe(query);
   }
 
-  showResults(results) {
-    this.results = results;
-    const grid = byId("results-grid");
+  /** Shows the last answer, less the near-exact copies when the user hides them. */
+  renderResults() {
+    const { results, minSimilarity, about } = this.answer;
+    const hide = byId("hide-near-exact").checked;
+    const visible = hide ? results.filter((result) => result.similarity < NEAR_EXACT_SIMILARITY) : results;
+    const hidden = results.length - visible.length;
+    this.results = visible;
+
+    const notes = [`${formatCount(visible.length, "match", "matches")} ${about}`];
+    if (minSimilarity > 0) notes.push(`${percentLabel(minSimilarity)} similar or more`);
+    if (hidden) notes.push(`${formatCount(hidden, "near-exact copy", "near-exact copies")} hidden`);
+    byId("search-status").textContent = notes.join(" · ");
+
+    const empty = byId("results-empty");
+    empty.hidden = visible.length > 0;
+    empty.textContent = this.emptyText(results.length, minSimilarity);
     byId("search-results").hidden = false;
-    byId("results-empty").hidden = results.length > 0;
-    byId("results-heading").textContent = results.length
-      ? `Top ${formatCount(results.length, "match", "matches")}`
+    byId("results-heading").textContent = visible.length
+      ? `Top ${formatCount(visible.length, "match", "matches")}`
       : "Top matches";
+    const grid = byId("results-grid");
     clearLazy(grid);
-    grid.append(...results.map((result, index) => this.resultCard(result, index)));
+    grid.append(...visible.map((result, index) => this.resultCard(result, index)));
+  }
+
+  emptyText(total, minSimilarity) {
+    if (total > 0) {
+      const limit = percentLabel(NEAR_EXACT_SIMILARITY);
+      const which = total === 1
+        ? `The only match is a near-exact copy of the query (${limit} similar or more), so it is hidden.`
+        : `All ${total} matches are near-exact copies of the query (${limit} similar or more), so they are hidden.`;
+      return `${which} Untick “Hide near-exact copies of the query” to show ${total === 1 ? "it" : "them"}.`;
+    }
+    if (minSimilarity > 0) {
+      return `No match is ${percentLabel(minSimilarity)} similar or more. Lower the minimum similarity to see more.`;
+    }
+    return "No matches. Add images to the library or generate their features first.";
   }
 
   resultCard(result, index) {
