@@ -11,7 +11,7 @@ from werkzeug.security import safe_join
 from werkzeug.utils import secure_filename
 
 from . import imaging
-from .persist import fsync_dir
+from .persist import fsync_dir, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,11 @@ class Library:
         if joined is None:
             raise NotFound(name)
         path = Path(joined)
-        if path.parent != self.images_dir or not path.is_file():
+        try:
+            present = path.parent == self.images_dir and path.is_file()
+        except OSError:  # for one, a name longer than the file system allows
+            present = False
+        if not present:
             raise NotFound(name)
         return path
 
@@ -99,9 +103,9 @@ class Library:
                 os.unlink(staged)
 
     def delete(self, name: str) -> None:
-        path = self.path_of(name)
+        # The image goes first, so a thumbnail being made meanwhile finds it gone and removes itself.
+        self.path_of(name).unlink()
         self.thumbnail_cache_path(name).unlink(missing_ok=True)
-        path.unlink()
 
     def thumbnail_cache_path(self, name: str) -> Path:
         return self.thumbnails_dir / f"{name}.jpg"
@@ -116,7 +120,17 @@ class Library:
         except FileNotFoundError:
             pass
         imaging.write_thumbnail(source, cached)
+        if not source.exists():
+            cached.unlink(missing_ok=True)
+            raise NotFound(name)
         return cached
+
+    def remove_abandoned_files(self) -> int:
+        """Staged uploads and half-written thumbnails of a process that was killed; call before serving."""
+        staged = list(self.staging_dir.glob(".upload-*"))
+        for path in staged:
+            path.unlink(missing_ok=True)
+        return len(staged) + remove_temp_files(self.thumbnails_dir)
 
     def remove_orphan_thumbnails(self) -> int:
         removed = 0

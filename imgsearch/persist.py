@@ -37,6 +37,18 @@ def atomic_write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
         writer(handle)
 
 
+def remove_temp_files(directory: Path) -> int:
+    """Delete the temporary files of atomic writes that a killed process never finished.
+
+    The files they were meant to replace are intact. Only safe while nothing else writes in `directory`.
+    """
+    removed = 0
+    for temp in Path(directory).glob(".*.tmp"):
+        temp.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename inside `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)

@@ -22,7 +22,10 @@ from .index.base import VectorIndex
 from .index.exact import ExactIndex
 from .jobs import Job, JobRunner, Progress
 from .library import Library, NotFound
+from .persist import remove_temp_files
 from .store import FeatureStore
+
+log = logging.getLogger(__name__)
 
 
 class Refused(Exception):
@@ -85,6 +88,9 @@ class ImageSearchService:
 
     def open(self) -> "ImageSearchService":
         """Load stored features, drop those of vanished images, and index whatever is missing."""
+        abandoned = self.library.remove_abandoned_files() + remove_temp_files(self.store.directory)
+        if abandoned:
+            log.info("Removed %d temporary files left by an interrupted run", abandoned)
         self.store.load()
         with self.store.lock:
             self._forget_vanished()
@@ -216,9 +222,10 @@ class ImageSearchService:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
         image, extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)
         name = self.library.save_upload(data, client_name, extension)
-        stamp = self.library.stamp(name)
-        vectors = self.engine.extract(self.engine.prepare(image)[None])
-        self._commit([name], vectors, [stamp])
+        stamp = self._current_stamp(name)
+        if stamp is not None:  # None: another request deleted it the moment it appeared
+            vectors = self.engine.extract(self.engine.prepare(image)[None])
+            self._commit([name], vectors, [stamp])
         return name
 
     def delete_images(self, names: Sequence[str]) -> list[str]:

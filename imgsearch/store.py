@@ -47,6 +47,8 @@ class FeatureSet:
         self._sq_norms = np.zeros(0, np.float32)
         self._names: list[str] = []
         self._rows: dict[str, int] = {}
+        # Single-row readers hold this briefly: compaction renumbers the rows and must never be seen half-done.
+        self._rows_lock = threading.Lock()
         self._snapshot = Snapshot(self._buffer, (), self._sq_norms)
         self.load_problem = ""
 
@@ -64,12 +66,14 @@ class FeatureSet:
         return self._snapshot
 
     def stamp(self, name: str) -> tuple[int, int] | None:
-        row = self._rows.get(name)
-        return None if row is None else tuple(int(v) for v in self._stamps[row])
+        with self._rows_lock:
+            row = self._rows.get(name)
+            return None if row is None else tuple(int(v) for v in self._stamps[row])
 
     def vector(self, name: str) -> np.ndarray | None:
-        row = self._rows.get(name)
-        return None if row is None else self._buffer[row].copy()
+        with self._rows_lock:
+            row = self._rows.get(name)
+            return None if row is None else self._buffer[row].copy()
 
     def load(self) -> bool:
         """Read the saved set; returns False (leaving the set empty) if it is missing or from another engine."""
@@ -153,12 +157,13 @@ class FeatureSet:
         return removed
 
     def _replace_all(self, matrix: np.ndarray, names: list[str], stamps: np.ndarray) -> None:
-        self._buffer = matrix
-        self._stamps = stamps
-        self._sq_norms = np.einsum("ij,ij->i", matrix, matrix).astype(np.float32)
-        self._names = list(names)
-        self._rows = {name: row for row, name in enumerate(self._names)}
-        self._publish()
+        sq_norms = np.einsum("ij,ij->i", matrix, matrix).astype(np.float32)
+        rows = {name: row for row, name in enumerate(names)}
+        with self._rows_lock:
+            self._buffer, self._stamps, self._sq_norms = matrix, stamps, sq_norms
+            self._names = list(names)
+            self._rows = rows
+            self._publish()
 
     def _reserve(self, rows: int) -> None:
         if rows <= len(self._buffer):

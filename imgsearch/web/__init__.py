@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from flask import Flask
+from flask import Flask, request
 
 from ..config import PROJECT_DIR, Settings
 from ..engines import load_active_engine
 from ..imaging import configure_pillow
 from ..service import ImageSearchService
 from . import api, errors, images, pages
+from .errors import ApiError
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 
 
 def create_app(settings: Settings | None = None, service: ImageSearchService | None = None) -> Flask:
@@ -34,7 +38,24 @@ def create_app(settings: Settings | None = None, service: ImageSearchService | N
     app.url_map.merge_slashes = False  # a doubled slash is a bad name (404), not a redirect
     app.extensions["image_search"] = service
     errors.init_app(app)
+    if settings.host in LOOPBACK_NAMES and not settings.token:
+        app.before_request(_refuse_foreign_host_names)
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(images.blueprint)
     return app
+
+
+def _refuse_foreign_host_names():
+    """Without a token, only requests addressed to this machine by a loopback name are served.
+
+    A web page can point its own domain at 127.0.0.1 (DNS rebinding) and then use the app as if it were that
+    site, reading the gallery and deleting images; its requests still name that domain in the Host header.
+    """
+    try:
+        hostname = urlsplit(f"//{request.host}").hostname
+    except ValueError:
+        hostname = None
+    if hostname not in LOOPBACK_NAMES:
+        raise ApiError(403, "This server answers only requests to localhost or 127.0.0.1; "
+                            "set IMAGE_SEARCH_TOKEN to serve it under another name.")

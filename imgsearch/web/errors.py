@@ -48,6 +48,11 @@ def init_app(app: Flask) -> None:
     def not_found(exc: NotFound):
         return error_response(404, f"No image named {exc.args[0]!r} in the library.")
 
+    @app.errorhandler(FileNotFoundError)
+    def vanished(exc: FileNotFoundError):
+        # Another request deleted the image between the name check and the read.
+        return error_response(404, "The image is no longer in the library.")
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
         if exc.code == 413:
