@@ -5,7 +5,7 @@ import argparse
 import logging
 
 from imgsearch.config import Settings
-from imgsearch.web import create_app
+from imgsearch.web import LOOPBACK_NAMES, create_app
 
 log = logging.getLogger("imgsearch")
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = Settings.from_env(host=args.host, port=args.port)
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if settings.host not in ("127.0.0.1", "localhost", "::1") and not settings.token:
+    if settings.host not in LOOPBACK_NAMES and not settings.token:
         log.warning("Binding to %s without IMAGE_SEARCH_TOKEN: anyone who can reach this address can upload "
                     "and delete images. Set IMAGE_SEARCH_TOKEN to require a token.", settings.host)
     app = create_app(settings)
@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         from waitress import serve
 
-        serve(app, host=settings.host, port=settings.port, threads=args.threads, channel_timeout=120)
+        # Waitress buffers a whole body before Flask sees it: cap it at what Flask would accept anyway.
+        serve(app, host=settings.host, port=settings.port, threads=args.threads, channel_timeout=120,
+              max_request_body_size=app.config["MAX_CONTENT_LENGTH"])
 
 
 if __name__ == "__main__":
