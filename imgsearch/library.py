@@ -11,7 +11,7 @@ from werkzeug.security import safe_join
 from werkzeug.utils import secure_filename
 
 from . import imaging
-from .persist import fsync_dir, remove_temp_files
+from .persist import FILE_MODE, fsync_dir, remove_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class Library:
         """Store already-validated image bytes under a fresh, safe name; never overwrites anything."""
         stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
         fd, staged = tempfile.mkstemp(prefix=".upload-", dir=self.staging_dir)
+        os.fchmod(fd, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

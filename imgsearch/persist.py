@@ -7,6 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
+# mkstemp makes owner-only files; saved state should be as readable as any file the user writes.
+FILE_MODE = 0o644
+
 
 @contextlib.contextmanager
 def atomic_file(path: Path) -> Iterator[BinaryIO]:
@@ -14,6 +17,7 @@ def atomic_file(path: Path) -> Iterator[BinaryIO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, "wb") as handle:
             yield handle
