@@ -108,6 +108,7 @@ class ImageSearchService:
             gone = [name for name in feature_set.names if name not in on_disk[is_original]]
             if gone:
                 feature_set.remove(gone)
+                self.index.remove(gone)
                 feature_set.save()
 
     # ----- reading -----------------------------------------------------------------------------
