@@ -12,19 +12,22 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 from tqdm import tqdm
 
 from .config import Settings
-from .engines import ENGINE_NAMES, load_active_engine
+from . import evaluate
+from .engines import ENGINE_NAMES, get_engine, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
 from .imaging import ImageError, configure_pillow, open_image
 from .indexing import IndexReport, Shard, ShardError, find_shard_files, index_files, merge_shards, walk_images
 from .library import Library, read_manifest
 from .persist import atomic_write_bytes
 from .ranking import top_k
+from .retrieval import PostProcessing
 from .store import FeatureSet, FeatureStore
 
 STORE_DIR_NAME = ".imgsearch"
@@ -107,6 +110,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
 
 
@@ -248,6 +258,38 @@ def run_rebuild(args: argparse.Namespace) -> int:
     return 0 if described["consistent"] else 1
 
 
+def run_evaluate(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    for dataset in args.datasets:
+        existing_folder(dataset)
+    try:
+        options = PostProcessing(whiten_dim=args.whiten, strength=args.whiten_strength, power=args.power,
+                                 dba_k=args.dba, qe_k=args.qe, alpha=args.alpha)
+        engines = [get_engine(name, settings) for name in dict.fromkeys(args.engines or [settings.model])]
+    except (ValueError, WeightsUnavailable) as exc:
+        raise CommandError(str(exc)) from None
+    cache_dir = None if args.no_cache else Path(args.cache)
+    runs = []
+    for dataset in args.datasets:
+        for engine in engines:
+            try:
+                runs.append(evaluate.evaluate_dataset(
+                    engine, dataset, options, robustness=args.robustness, seed=args.seed, cache_dir=cache_dir,
+                    batch_size=settings.batch_size, progress=lambda message: print(message, file=sys.stderr)))
+            except ValueError as exc:
+                raise CommandError(f"{dataset}: {exc}") from None
+            except ImageError as exc:
+                raise CommandError(f"{dataset}: an image could not be read: {exc.message}") from None
+    report = evaluate.build_report(runs, {
+        "datasets": [str(d) for d in args.datasets], "engines": [e.model_id for e in engines],
+        "postprocessing": options.label(), "robustness_sample": args.robustness, "seed": args.seed,
+        "batch_size": settings.batch_size})
+    written = evaluate.write_report(report, Path(args.out))
+    print(evaluate.markdown_report(report))
+    print("wrote " + ", ".join(str(path) for path in written.values()))
+    return 0
+
+
 # ----- parser ----------------------------------------------------------------------------------
 
 
@@ -309,6 +351,43 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser("rebuild", parents=[engine_options],
                                   help="rebuild the app's vector index from its feature stores")
     rebuild.set_defaults(run=run_rebuild)
+
+    evaluation = commands.add_parser(
+        "evaluate", help="measure retrieval quality on labelled image folders",
+        description="Leave-one-out P@1, P@10 and mAP (overall and per class), near-duplicate recall@1 under seven "
+                    "transforms, and the duplicate threshold that separates copies from same-class images. "
+                    "A DATASET is a folder with labels.csv (filename,label) or one subfolder per class. "
+                    "Writes evaluation.json, evaluation.md and precision_at_k.png into --out. The engines' own "
+                    "variants come from the settings (IMAGE_SEARCH_FEATURE_POOLING, IMAGE_SEARCH_FEATURE_SCALES, "
+                    "IMAGE_SEARCH_FLIP_AVERAGE).")
+    evaluation.add_argument("datasets", nargs="+", metavar="DATASET")
+    evaluation.add_argument("--engine", dest="engines", action="append", metavar="NAME",
+                            help=f"engine to compare, repeatable: {', '.join(ENGINE_NAMES)} "
+                                 "(default: IMAGE_SEARCH_MODEL, else resnet50)")
+    evaluation.add_argument("--weights", metavar="W", help="Keras engines: imagenet, a weights file, or random")
+    evaluation.add_argument("--batch-size", type=positive_int, metavar="N", help="images per model call")
+    evaluation.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "imgsearch-evaluation"), metavar="DIR",
+                            help="folder for the JSON, markdown and PNG outputs (default: %(default)s)")
+    evaluation.add_argument("--robustness", type=non_negative_int, default=100, metavar="N",
+                            help="images in the near-duplicate sample; 0 skips it (default: %(default)s)")
+    evaluation.add_argument("--seed", type=int, default=0, help="seed of the near-duplicate sample (default: 0)")
+    evaluation.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "imgsearch-eval-cache"),
+                            metavar="DIR", help="where extracted features are kept between runs (default: %(default)s)")
+    evaluation.add_argument("--no-cache", action="store_true", help="extract everything afresh and keep nothing")
+    post = evaluation.add_argument_group("post-processing (cosine engines only; see imgsearch/retrieval.py)")
+    post.add_argument("--whiten", type=non_negative_int, default=0, metavar="DIM",
+                      help="PCA-whitening learned on each set, reduced to DIM dimensions (default: off)")
+    post.add_argument("--whiten-strength", type=float, default=1.0, metavar="S",
+                      help="1 whitens fully, 0 only centres and projects onto the top DIM axes (default: %(default)s)")
+    post.add_argument("--power", type=float, default=0.5,
+                      help="signed power applied after whitening (default: %(default)s, the signed square root)")
+    post.add_argument("--dba", type=non_negative_int, default=0, metavar="K",
+                      help="database-side augmentation with K neighbours (default: off)")
+    post.add_argument("--qe", type=non_negative_int, default=0, metavar="K",
+                      help="alpha query expansion with K hits (default: off)")
+    post.add_argument("--alpha", type=float, default=3.0,
+                      help="similarity exponent of the DBA and query-expansion weights (default: %(default)s)")
+    evaluation.set_defaults(run=run_evaluate)
     return parser
 
 

@@ -43,6 +43,22 @@ class Settings:
         "", "IMAGE_SEARCH_FEATURE_LAYER",
         "For `custom:<path>`: the layer whose output is the feature vector; empty means the last hidden layer.",
     )
+    feature_pooling: str = _field(
+        "avg", "IMAGE_SEARCH_FEATURE_POOLING",
+        "`efficientnet-lite0` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",
+    )
+    feature_scales: str = _field(
+        "224", "IMAGE_SEARCH_FEATURE_SCALES",
+        "`efficientnet-lite0` only: comma-separated input sizes whose features are averaged, e.g. `224,288`.",
+    )
+    flip_average: bool = _field(
+        False, "IMAGE_SEARCH_FLIP_AVERAGE",
+        "`efficientnet-lite0` only: `1` averages the features of each image and its mirror (twice the extraction time).",
+    )
+    query_expansion: int = _field(
+        0, "IMAGE_SEARCH_QUERY_EXPANSION",
+        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE); `0` is off.",
+    )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",
         "Folder holding `images/`, `uploads/`, `thumbnails/` and `features/`.",
@@ -53,7 +69,7 @@ class Settings:
     )
     index: str = _field(
         "exact", "IMAGE_SEARCH_INDEX",
-        "Vector index: `exact`, `faiss`, or `milvus:<uri>` (a Milvus Lite file or `http://host:19530`).",
+        "Vector index: `exact`, `faiss`, or `milvus:<uri>`: a Milvus Lite file ending in `.db` (relative to the data folder) or `http://host:19530`.",
     )
     allow_private_urls: bool = _field(
         False, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS",
@@ -73,7 +89,7 @@ class Settings:
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
     duplicate_threshold: float = _field(
-        0.92, "IMAGE_SEARCH_DUPLICATE_THRESHOLD",
+        0.84, "IMAGE_SEARCH_DUPLICATE_THRESHOLD",
         "Similarity at or above which two images count as near-duplicates in the duplicate finder.",
     )
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
@@ -97,6 +113,8 @@ class Settings:
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
         if self.max_k < 1 or self.default_k < 1:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
+        if self.query_expansion < 0:
+            raise ValueError("IMAGE_SEARCH_QUERY_EXPANSION must be 0 (off) or a number of hits")
 
     @property
     def max_upload_bytes(self) -> int:

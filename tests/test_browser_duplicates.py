@@ -14,6 +14,7 @@ import requests
 from PIL import Image
 
 from conftest import PROJECT_DIR, LiveServer, make_library
+from imgsearch.config import Settings
 from test_browser import (CHROMIUM, LAUNCH_ARGS, XSS_NAME, _new_page, api_images, card, open_app, screenshot,
                           sync_api, toast)
 
@@ -88,8 +89,9 @@ def test_keep_one_delete_the_others_never_touches_originals(page, library):
     open_app(page, library, tab="duplicates")
     expect(page.get_by_role("tab", name="Duplicates")).to_have_attribute("aria-selected", "true")
     # The control starts at the server's default threshold.
-    expect(page.locator("#duplicate-threshold")).to_have_value("0.92")
-    expect(page.locator("#duplicate-threshold-value")).to_have_text("92%")
+    default = Settings().duplicate_threshold
+    expect(page.locator("#duplicate-threshold")).to_have_value(str(default))
+    expect(page.locator("#duplicate-threshold-value")).to_have_text(f"{round(default * 100)}%")
 
     group = group_with(page, PHOTO)
     members = group.locator(".dup-member")
@@ -136,7 +138,7 @@ def test_keep_one_delete_the_others_never_touches_originals(page, library):
     # The quality-40 copy is about 96% similar: a stricter threshold leaves no group at all.
     slider = page.get_by_label("Similarity threshold")
     slider.focus()
-    for _ in range(5):
+    for _ in range(round((0.97 - Settings().duplicate_threshold) * 100)):
         page.keyboard.press("ArrowRight")
     expect(page.locator("#duplicate-threshold-value")).to_have_text("97%")
     with page.expect_request("**/api/duplicates?*") as asked:

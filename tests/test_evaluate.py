@@ -1,12 +1,27 @@
 """Leave-one-out retrieval metrics and labelled-folder reading, on tiny generated data."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from imgsearch.engines.base import Engine
-from imgsearch.evaluate import evaluate_engine, leave_one_out_metrics, model_throughput, read_labelled_folder
+from imgsearch.evaluate import (
+    TRANSFORMS,
+    cached_features,
+    duplicate_threshold_study,
+    evaluate_dataset,
+    evaluate_engine,
+    leave_one_out_metrics,
+    model_throughput,
+    near_duplicate_ranks,
+    read_labelled_folder,
+    robustness_sample,
+    same_class_pair_similarities,
+)
+from imgsearch.retrieval import PostProcessing
 
 
 def test_perfectly_separated_classes_score_one():
@@ -124,3 +139,137 @@ def test_evaluate_engine_runs_a_folder_end_to_end(tmp_path):
 def test_model_throughput_counts_images_per_second():
     images = np.zeros((7, 8, 8, 3), np.uint8)
     assert model_throughput(MeanColourEngine(), images, batch_size=3) > 0
+
+
+# ----- engine metrics, robustness, threshold and the `evaluate` command ------------------------
+
+
+def test_ranks_with_the_engines_own_metric():
+    # Row 1 points the same way as row 0 but is far away; row 2 is close but at an angle. By cosine,
+    # row 0's best is row 1 (a miss), and row 2 ties rows 0 and 1 (index order gives row 0, a hit).
+    vectors = np.array([[1.0, 0.0], [10.0, 0.0], [1.2, 0.5]])
+    labels = ["a", "b", "a"]
+    assert leave_one_out_metrics(vectors, labels, ks=(1,), metric="cosine")["per_class"]["a"]["P@1"] == 0.5
+    assert leave_one_out_metrics(vectors, labels, ks=(1,), metric="euclidean")["per_class"]["a"]["P@1"] == 1.0
+
+
+def test_precision_curve_runs_to_the_requested_depth():
+    vectors = np.eye(4)[[0, 0, 1, 1]] + 0.01 * np.arange(4)[:, None]
+    result = leave_one_out_metrics(vectors, ["a", "a", "b", "b"], curve_depth=5)
+    assert result["precision_curve"][0] == result["P@1"] == 1.0
+    assert result["precision_curve"][4] == pytest.approx(1 / 5)  # one relevant image among 3 others, k = 5
+
+
+def test_transforms_do_what_they_say():
+    image = Image.new("RGB", (200, 100), (200, 100, 50))
+    assert TRANSFORMS["crop70"](image).size == (140, 70)
+    assert TRANSFORMS["downscale64"](image).size == (64, 32)
+    assert TRANSFORMS["rotate10"](image).size == (200, 100)
+    gray = np.asarray(TRANSFORMS["grayscale"](image))
+    assert gray.shape == (100, 200, 3) and (gray[..., 0] == gray[..., 2]).all()
+    assert np.asarray(TRANSFORMS["brightness1.6"](image))[0, 0].tolist() == [255, 160, 80]
+    assert set(TRANSFORMS) == {"crop70", "rotate10", "jpeg20", "downscale64", "grayscale", "mirror", "brightness1.6"}
+
+
+def test_near_duplicate_ranks_count_only_strictly_better_images():
+    scores = np.array([[0.9, 0.95, 0.1], [0.5, 0.5, 0.2]])
+    assert near_duplicate_ranks(scores, np.array([0, 1])).tolist() == [2, 1]
+
+
+def test_robustness_sample_is_seeded():
+    first = robustness_sample(1000, 10, seed=3)
+    assert first.tolist() == robustness_sample(1000, 10, seed=3).tolist()
+    assert len(set(first)) == 10 and robustness_sample(5, 10).tolist() == [0, 1, 2, 3, 4]
+
+
+def test_threshold_study_picks_the_best_f1_on_the_grid():
+    positives = np.array([0.99, 0.97, 0.95, 0.90])
+    negatives = np.array([0.50, 0.80, 0.93])
+    study = duplicate_threshold_study(positives, negatives)
+    # 0.94 and 0.95 both keep 3 of 4 copies with no false duplicate (F1 6/7); the higher one wins.
+    # 0.90 would keep all 4 but also the 0.93 negative (F1 8/9 > 6/7), so it is the best.
+    assert study["threshold"] == 0.90
+    assert study["precision"] == pytest.approx(4 / 5) and study["recall"] == 1.0 and study["false_positives"] == 1
+    assert duplicate_threshold_study(np.array([0.99]), np.array([0.5]))["threshold"] == 0.99
+
+
+def test_same_class_pairs_are_each_counted_once():
+    vectors = np.array([[1.0, 0.0], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    scores = same_class_pair_similarities(vectors, ["a", "a", "a", "b"], "cosine")
+    assert np.sort(scores) == pytest.approx([0.6, 0.6, 1.0])
+
+
+def test_features_are_cached_per_engine_and_transform(tmp_path):
+    for i in range(3):
+        _write_image(tmp_path / "set" / "x" / f"{i}.png", (50 * i, 100, 10))
+    paths, _ = read_labelled_folder(tmp_path / "set")
+    first, timing = cached_features(MeanColourEngine(), paths, tmp_path / "cache")
+    again, cached = cached_features(MeanColourEngine(), paths, tmp_path / "cache")
+    assert not timing["from_cache"] and cached["from_cache"]
+    np.testing.assert_array_equal(first, again)
+    mirrored, timing = cached_features(MeanColourEngine(), paths, tmp_path / "cache", transform_name="grayscale")
+    assert not timing["from_cache"] and not np.allclose(mirrored, first)
+
+
+def test_evaluate_dataset_with_post_processing(tmp_path):
+    for i in range(4):
+        _write_image(tmp_path / "red" / f"{i}.png", (200 + 10 * i, 10 + 5 * i, 10))
+        _write_image(tmp_path / "green" / f"{i}.png", (10, 200 + 10 * i, 10 + 5 * i))
+        _write_image(tmp_path / "blue" / f"{i}.png", (10 + 5 * i, 10, 200 + 10 * i))
+    result = evaluate_dataset(MeanColourEngine(), tmp_path, PostProcessing(dba_k=2, qe_k=1), robustness=4,
+                              cache_dir=None, progress=lambda message: None)
+    assert result["postprocessing"] == "dba2+aqe1" and result["P@1"] == 1.0
+    assert set(result["robustness"]["recall_at_1"]) == set(TRANSFORMS)
+    assert result["duplicate_threshold"]["positives"] == 4 * len(TRANSFORMS)
+    assert len(result["precision_curve"]) == 50
+
+
+def _toy_colour_set(root):
+    """Solid colours, whose colour histograms are either identical (similarity 1) or disjoint (0).
+
+    Sorted order: 0 blue/1 (blue), 1 blue/2 (blue), 2 red/1 (red), 3 red/2 (red), 4 red/3 (blue pixels!).
+    Rankings (ties in index order) and relevance:
+      q0: 1 4 2 3 -> + - - -  AP 1,     P@1 1
+      q1: 0 4 2 3 -> + - - -  AP 1,     P@1 1
+      q2: 3 0 1 4 -> + - - +  AP (1 + 2/4)/2 = 3/4,   P@1 1
+      q3: 2 0 1 4 -> + - - +  AP 3/4,   P@1 1
+      q4: 0 1 2 3 -> - - + +  AP (1/3 + 2/4)/2 = 5/12, P@1 0
+    P@10 counts hits among the 4 others out of 10: (1 + 1 + 2 + 2 + 2) / 5 / 10.
+    """
+    for name, colour in [("blue/1", (0, 0, 255)), ("blue/2", (0, 0, 210)), ("red/1", (255, 0, 0)),
+                         ("red/2", (215, 0, 0)), ("red/3", (0, 0, 230))]:
+        _write_image(root / f"{name}.png", colour)
+
+
+def test_evaluate_command_writes_json_markdown_and_chart(tmp_path, capsys):
+    from imgsearch.cli import main
+
+    _toy_colour_set(tmp_path / "toy")
+    out = tmp_path / "out"
+    code = main(["evaluate", str(tmp_path / "toy"), "--engine", "color", "--out", str(out),
+                 "--robustness", "5", "--cache", str(tmp_path / "cache")])
+    assert code == 0
+    report = json.loads((out / "evaluation.json").read_text())
+    (run,) = report["runs"]
+    assert run["model_id"] == "color-none-chi2" and run["dataset"] == "toy"
+    assert run["P@1"] == pytest.approx(4 / 5)
+    assert run["mAP"] == pytest.approx((1 + 1 + 3 / 4 + 3 / 4 + 5 / 12) / 5)
+    assert run["P@10"] == pytest.approx(8 / 50)
+    assert run["per_class"]["red"]["mAP"] == pytest.approx((3 / 4 + 3 / 4 + 5 / 12) / 3)
+    recall = run["robustness"]["recall_at_1"]
+    assert recall["mirror"] == recall["crop70"] == 1.0  # a solid colour is unchanged by both
+    assert set(run["duplicate_threshold"]["recall_by_transform"]) == set(TRANSFORMS)
+    markdown = (out / "evaluation.md").read_text()
+    assert "| toy | color-none-chi2 | none | 5 | 2 | 0.800 | 0.160 | 0.783 |" in markdown
+    assert "## Near-duplicate recall@1" in markdown and "| red |" in markdown
+    assert markdown in capsys.readouterr().out
+    assert (out / "precision_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_command_refuses_an_unlabelled_folder(tmp_path, capsys):
+    from imgsearch.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["evaluate", str(tmp_path / "empty"), "--engine", "color", "--out", str(tmp_path / "out"),
+                 "--no-cache"]) == 2
+    assert "labels.csv" in capsys.readouterr().err

@@ -24,7 +24,8 @@ def _build(name: str, settings: Settings) -> Engine:
     if name == OFFLINE_ENGINE:
         from .efficientnet_lite import EfficientNetLite0Engine
 
-        return EfficientNetLite0Engine(cache_dir=settings.cache_dir)
+        return EfficientNetLite0Engine(cache_dir=settings.cache_dir, pooling=settings.feature_pooling,
+                                       scales=parse_scales(settings.feature_scales), flip=settings.flip_average)
     if name == "color":
         from .color import ColorHistogramEngine
 
@@ -36,9 +37,18 @@ def _build(name: str, settings: Settings) -> Engine:
     raise ValueError(f"Unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
 
 
+def parse_scales(text: str) -> tuple[int, ...]:
+    """"224,288" -> (224, 288)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise ValueError(f"IMAGE_SEARCH_FEATURE_SCALES must be comma-separated whole numbers, got {text!r}") from None
+
+
 def get_engine(name: str, settings: Settings) -> Engine:
     """The loaded engine called `name`, built once per process and settings."""
-    key = (name, settings.weights, settings.metric, settings.feature_layer, str(settings.cache_dir))
+    key = (name, settings.weights, settings.metric, settings.feature_layer, str(settings.cache_dir),
+           settings.feature_pooling, settings.feature_scales, settings.flip_average)
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:

