@@ -1,8 +1,9 @@
-from flask import Blueprint, render_template
+from flask import Blueprint, current_app, render_template
 
 blueprint = Blueprint("pages", __name__)
 
 
 @blueprint.get("/")
 def index():
-    return render_template("index.html")
+    settings = current_app.extensions["image_search"].settings
+    return render_template("index.html", duplicate_threshold=settings.duplicate_threshold)
