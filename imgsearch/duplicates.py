@@ -28,17 +28,23 @@ class DuplicateGroup:
 
 
 def _edges(snapshots: tuple[Snapshot, ...], metric: str, threshold: float) -> list[tuple[int, int, float]]:
-    """Pairs (i, j, similarity) with i < j in the concatenated numbering of the snapshots."""
+    """Pairs (i, j, similarity) with i < j in the concatenated numbering of the snapshots.
+
+    Each pair is computed once: a block is compared only with the rows from its own start onwards.
+    """
     offsets = np.cumsum([0] + [len(s) for s in snapshots])
     edges = []
     for a, source in enumerate(snapshots):
         for start in range(0, len(source), BLOCK_ROWS):
             block = source.matrix[start:start + BLOCK_ROWS]
             for b in range(a, len(snapshots)):
-                scores = similarities(snapshots[b], block, metric)
+                skip = start if b == a else 0
+                target = snapshots[b]
+                target = Snapshot(target.matrix[skip:], target.names[skip:], target.sq_norms[skip:])
+                scores = similarities(target, block, metric)
                 rows, cols = np.nonzero(scores >= threshold)
                 first = offsets[a] + start + rows
-                second = offsets[b] + cols
+                second = offsets[b] + skip + cols
                 keep = second > first
                 edges.extend(zip(first[keep].tolist(), second[keep].tolist(),
                                  scores[rows[keep], cols[keep]].tolist()))
