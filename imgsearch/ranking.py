@@ -20,7 +20,8 @@ def similarities(snapshot: Snapshot, queries: np.ndarray, metric: str) -> np.nda
     if len(snapshot) == 0:
         return np.zeros((len(queries), 0), np.float32)
     if metric == "cosine":
-        return np.clip(queries @ matrix.T, 0.0, 1.0)
+        scores = queries @ matrix.T
+        return np.clip(scores, 0.0, 1.0, out=scores)
     if metric == "euclidean":
         query_sq = np.einsum("ij,ij->i", queries, queries)[:, None]
         distances = np.sqrt(np.maximum(snapshot.sq_norms[None, :] + query_sq - 2.0 * (queries @ matrix.T), 0.0))
@@ -32,20 +33,34 @@ def similarities(snapshot: Snapshot, queries: np.ndarray, metric: str) -> np.nda
 
 def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: str,
           exclude: frozenset[str] = frozenset()) -> list[list[tuple[str, float]]]:
-    """The k best (filename, similarity) pairs per query over all snapshots, best first."""
+    """The k best (filename, similarity) pairs per query over all snapshots, best first.
+
+    All queries go through one matrix product per snapshot. Each snapshot gives only its own best
+    candidates, so a large library costs no (queries × rows) concatenation and no list of every name.
+    Ties are broken by snapshot order, then row order.
+    """
     queries = np.atleast_2d(np.asarray(queries, np.float32))
-    names = [name for snapshot in snapshots for name in snapshot.names]
-    if not names:
+    total = sum(len(snapshot) for snapshot in snapshots)
+    if total == 0:
         return [[] for _ in queries]
-    scores = np.concatenate([similarities(s, queries, metric) for s in snapshots], axis=1)
-    wanted = min(k + len(exclude), len(names))
-    results = []
-    for row in scores:
-        if wanted < len(row):
-            candidates = np.argpartition(-row, wanted - 1)[:wanted]
+    wanted = min(k + len(exclude), total)
+    candidates = []  # (snapshot number, snapshot names, (m, w) row indices, (m, w) similarities)
+    for number, snapshot in enumerate(snapshots):
+        n = len(snapshot)
+        if n == 0:
+            continue
+        scores = similarities(snapshot, queries, metric)
+        if wanted < n:
+            rows = np.argpartition(scores, n - wanted, axis=1)[:, n - wanted:]
         else:
-            candidates = np.arange(len(row))
-        ranked = candidates[np.argsort(-row[candidates], kind="stable")]
-        hits = [(names[i], float(row[i])) for i in ranked if names[i] not in exclude]
+            rows = np.broadcast_to(np.arange(n), scores.shape)
+        candidates.append((number, snapshot.names, rows, np.take_along_axis(scores, rows, axis=1)))
+    results = []
+    for q in range(len(queries)):
+        pool = [(-float(score), number, int(row), names[row])
+                for number, names, rows, scores in candidates
+                for row, score in zip(rows[q], scores[q])]
+        pool.sort()
+        hits = [(name, -negative) for negative, _, _, name in pool if name not in exclude]
         results.append(hits[:k])
     return results

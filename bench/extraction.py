@@ -1,0 +1,120 @@
+"""Feature extraction from JPEG files on disk, end to end (read, decode, resize, model), ours against the seed's.
+
+Ours: `extraction.extract_files`, what "Generate Features" runs: decoding with JPEG draft mode in a
+thread pool overlapped with batched inference through a traced function. Baseline: per image
+`keras.utils.load_img(path, target_size=(224, 224))` and `model.predict` on a batch of one.
+The achieved GFLOP/s is compared with the machine's float32 matrix-multiply peak measured in the same run.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from imgsearch.config import Settings
+from imgsearch.engines import get_engine
+from imgsearch.extraction import extract_files, prepare_file
+
+from . import seed_baseline
+from .common import count_macs, repeat_timed, result_row
+
+TARGET_RATE = {"resnet50": 20.0}
+TARGET_SPEEDUP = {"resnet50": 3.0}
+
+
+def _ours(engine, paths: list[Path], batch_size: int, workers: int) -> tuple[float, np.ndarray]:
+    by_name = {path.name: path for path in paths}
+    start = time.perf_counter()
+    batches = list(extract_files(engine, list(by_name), by_name.__getitem__, batch_size, workers))
+    seconds = time.perf_counter() - start
+    assert sum(len(b.names) for b in batches) == len(paths), "every generated photo must decode"
+    return seconds, np.concatenate([b.vectors for b in batches])
+
+
+def _model_only_rate(engine, paths: list[Path], batch_size: int) -> float:
+    """Images/s of the model alone on already-decoded inputs: the ceiling for the end-to-end figure."""
+    batch = np.stack([prepare_file(engine, path) for path in (paths * batch_size)[:batch_size]])
+    seconds = min(repeat_timed(lambda: engine.extract(batch), 3))
+    return batch_size / seconds
+
+
+def measure_model(model: str, paths: list[Path], baseline_count: int, batch_size: int, workers: int,
+                  peak_gflops: float) -> tuple[list[dict], dict]:
+    settings = Settings.from_env(weights="random")
+    engine = get_engine(model, settings)
+    engine.warm_up()
+    seconds, _ = _ours(engine, paths, batch_size, workers)
+    ours_rate = len(paths) / seconds
+    model_only = _model_only_rate(engine, paths, batch_size)
+
+    seed_model, preprocess = seed_baseline.build_model(model)
+    seed_baseline.extract_one(seed_model, preprocess, paths[0])
+    chosen = paths[:baseline_count]
+    baseline_seconds = sum(repeat_timed(lambda p=p: seed_baseline.extract_one(seed_model, preprocess, p), 1)[0]
+                           for p in chosen)
+    baseline_rate = len(chosen) / baseline_seconds
+
+    gflop_per_image = 2.0 * count_macs(seed_model) / 1e9
+    achieved = ours_rate * gflop_per_image
+    speedup = ours_rate / baseline_rate
+    rate_target, speedup_target = TARGET_RATE.get(model), TARGET_SPEEDUP.get(model)
+    met = None
+    if rate_target:
+        met = ours_rate >= rate_target and speedup >= speedup_target
+    target = f">= {rate_target:.0f} img/s and >= {speedup_target:.0f}x" if rate_target else ""
+    rows = [
+        result_row("extraction", f"{model} end to end", "img/s", ours_rate, baseline_rate, higher_is_better=True,
+                   target=target, met=met, images=len(paths), baseline_images=len(chosen),
+                   batch_size=batch_size, decode_workers=workers),
+        result_row("extraction", f"{model} model only, batch {batch_size}", "img/s", model_only, None,
+                   higher_is_better=True, note="decoded inputs: the ceiling for the line above"),
+        result_row("extraction", f"{model} share of the measured fp32 peak", "%",
+                   100.0 * achieved / peak_gflops, 100.0 * baseline_rate * gflop_per_image / peak_gflops,
+                   higher_is_better=True, gflop_per_image=gflop_per_image, peak_gflop_s=peak_gflops,
+                   model_only_percent=100.0 * model_only * gflop_per_image / peak_gflops),
+    ]
+    detail = {"images": len(paths), "ours_seconds": seconds, "ours_img_s": ours_rate,
+              "model_only_img_s": model_only, "baseline_img_s": baseline_rate, "gflop_per_image": gflop_per_image,
+              "achieved_gflop_s": achieved, "peak_gflop_s": peak_gflops}
+    return rows, detail
+
+
+def measure_bfloat16_option(paths: list[Path], batch_size: int, workers: int) -> tuple[list[dict], dict]:
+    """ResNet50 with `precision="bfloat16"` against float32 with the same weights: speed and agreement."""
+    import keras
+
+    from imgsearch.engines.keras_cnn import KerasApplicationEngine
+
+    engines = {}
+    for precision in ("float32", "bfloat16"):
+        keras.utils.set_random_seed(0)  # the same random weights for both
+        engines[precision] = KerasApplicationEngine("resnet50", "random", precision=precision).load()
+        engines[precision].warm_up()
+    sample = np.stack([prepare_file(engines["float32"], path) for path in (paths * batch_size)[:batch_size]])
+    cosine = np.sum(engines["float32"].extract(sample) * engines["bfloat16"].extract(sample), axis=1)
+    rates = {precision: _model_only_rate(engine, paths, batch_size) for precision, engine in engines.items()}
+    seconds, _ = _ours(engines["bfloat16"], paths, batch_size, workers)
+    rows = [
+        result_row("extraction", "resnet50 bfloat16 option, model only", "img/s", rates["bfloat16"],
+                   rates["float32"], higher_is_better=True, target="cosine to float32 >= 0.999",
+                   met=float(cosine.min()) >= 0.999, min_cosine_to_float32=float(cosine.min()),
+                   note="baseline column: float32, same weights; opt-in (KerasApplicationEngine precision=)"),
+        result_row("extraction", "resnet50 bfloat16 option, end to end", "img/s", len(paths) / seconds, None,
+                   higher_is_better=True),
+    ]
+    return rows, {"model_only_img_s": rates, "end_to_end_img_s": len(paths) / seconds,
+                  "min_cosine_to_float32": float(cosine.min())}
+
+
+def run(models: list[str], paths: list[Path], baseline_count: int, batch_size: int, workers: int,
+        peak_gflops: float, bfloat16_option: bool = False) -> tuple[list[dict], dict]:
+    rows, details = [], {}
+    for model in models:
+        model_rows, detail = measure_model(model, paths, baseline_count, batch_size, workers, peak_gflops)
+        rows += model_rows
+        details[model] = detail
+    if bfloat16_option:
+        option_rows, details["resnet50-bfloat16"] = measure_bfloat16_option(paths, batch_size, workers)
+        rows += option_rows
+    return rows, details

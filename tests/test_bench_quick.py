@@ -1,0 +1,31 @@
+"""The performance suite still runs end to end. Its numbers are never checked here: only that it completes.
+
+Quick mode takes about two minutes on 2 cores, so this runs the suite's smaller --smoke mode.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import PROJECT_DIR
+
+SECTIONS = {"extraction", "search", "http", "startup_memory"}
+ROW_KEYS = {"section", "metric", "unit", "ours", "baseline", "speedup", "higher_is_better", "target", "target_met"}
+
+
+def test_smoke_run_writes_every_section(tmp_path, cache_dir):
+    output = tmp_path / "results.json"
+    env = {**os.environ, "IMAGE_SEARCH_CACHE_DIR": str(cache_dir)}
+    completed = subprocess.run([sys.executable, str(PROJECT_DIR / "bench" / "run.py"), "--smoke", "--output", str(output)],
+                               cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=480)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    results = json.loads(output.read_text())
+    assert results["mode"] == "smoke"
+    assert set(results["sections"]) == SECTIONS
+    assert {"cpu", "cores", "peak_fp32_gflop_s"} <= set(results["machine"])
+    assert {row["section"] for row in results["rows"]} == {"extraction", "search", "http", "startup", "memory"}
+    for row in results["rows"]:
+        assert ROW_KEYS <= set(row)
+    assert "seed-style" in completed.stdout
