@@ -20,8 +20,6 @@ TOP_K = 6
 
 def build_model(model: str):
     """(Keras model, preprocess function) as the seed would use them; ResNet50 with random weights here."""
-    import keras
-
     if model == "resnet50":
         from keras.applications import resnet50
 

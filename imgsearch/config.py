@@ -43,6 +43,10 @@ class Settings:
         "", "IMAGE_SEARCH_FEATURE_LAYER",
         "For `custom:<path>`: the layer whose output is the feature vector; empty means the last hidden layer.",
     )
+    precision: str = _field(
+        "float32", "IMAGE_SEARCH_PRECISION",
+        "`resnet50`, `vgg16`, `mobilenetv2`: `float32`, or `bfloat16` (faster on CPUs with AMX; vectors differ slightly, so it is its own feature space).",
+    )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
         "`efficientnet-lite0` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",

@@ -23,7 +23,8 @@ class Batch:
 FIRST_BATCH = 8
 
 
-def prepare_file(engine: Engine, path: Path, max_pixels: int | None = None) -> np.ndarray:
+def prepare_file(engine: Engine, path: Path | bytes, max_pixels: int | None = None) -> np.ndarray:
+    """Decode a file (or its bytes) and prepare it for `engine`; queries and the library go through here alike."""
     draft = (engine.input_size * 2, engine.input_size * 2)
     return engine.prepare(open_image(path, draft_size=draft, max_pixels=max_pixels))
 

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
 
 from . import imaging
 from .config import Settings
 from .duplicates import DuplicateGroup, find_duplicate_groups
 from .engines import get_engine
 from .engines.base import Engine, WeightsUnavailable
-from .extraction import extract_files
+from .extraction import extract_files, prepare_file
 from .fetch import fetch_image_bytes
 from .index import make_index
 from .index.base import VectorIndex
@@ -222,11 +221,11 @@ class ImageSearchService:
         """Validate, store and index one uploaded image; returns its library name."""
         if len(data) > self.settings.max_upload_bytes:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
-        image, extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)
+        _, extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)
         name = self.library.save_upload(data, client_name, extension)
         stamp = self._current_stamp(name)
         if stamp is not None:  # None: another request deleted it the moment it appeared
-            vectors = self.engine.extract(self.engine.prepare(image)[None])
+            vectors = self.engine.extract(prepare_file(self.engine, data, self.settings.max_image_pixels)[None])
             self._commit([name], vectors, [stamp])
         return name
 
@@ -304,38 +303,40 @@ class ImageSearchService:
         return [Hit(name, round(score, 6), self.library.is_original(name))
                 for name, score in ranked if score >= options.min_similarity]
 
-    def _search_image(self, image: Image.Image, options: SearchOptions, query_type: str,
-                      added: str | None = None) -> SearchOutcome:
+    def _search_source(self, source: bytes | Path, options: SearchOptions, query_type: str,
+                       query_filename: str | None = None) -> SearchOutcome:
+        """Rank the library against an image file or its bytes, decoded exactly as library images are.
+
+        `query_filename`, the query's own name in the library if it has one, is left out of the results.
+        """
         space = self._space(options.engine)
-        vector = space.engine.extract(space.engine.prepare(image)[None])[0]
-        exclude = frozenset([added]) if added else frozenset()
-        return SearchOutcome(self._search(space, vector, options, exclude), query_type, added, space.engine)
+        vector = space.engine.extract(prepare_file(space.engine, source, self.settings.max_image_pixels)[None])[0]
+        exclude = frozenset([query_filename]) if query_filename else frozenset()
+        hits = self._search(space, vector, options, exclude)
+        return SearchOutcome(hits, query_type, query_filename, space.engine)
 
     def search_bytes(self, data: bytes, options: SearchOptions = SearchOptions(),
                      add_to_library: bool = False, client_name: str = "") -> SearchOutcome:
         if len(data) > self.settings.max_upload_bytes:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
-        image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
         added = self.add_image(data, client_name) if add_to_library else None
-        return self._search_image(image, options, "file", added)
+        return self._search_source(data, options, "file", added)
 
     def search_url(self, url: str, options: SearchOptions = SearchOptions(),
                    add_to_library: bool = False) -> SearchOutcome:
         data = fetch_image_bytes(url, allow_private=self.settings.allow_private_urls,
                                  timeout=self.settings.url_timeout, max_bytes=self.settings.max_upload_bytes)
         try:
-            image = imaging.open_image(data, max_pixels=self.settings.max_image_pixels)
+            added = self.add_image(data, Path(url.split("?", 1)[0]).name) if add_to_library else None
+            return self._search_source(data, options, "url", added)
         except imaging.ImageError as exc:
             raise Refused(f"The URL did not return a usable image: {exc.message}", 422) from None
-        added = self.add_image(data, Path(url.split("?", 1)[0]).name) if add_to_library else None
-        return self._search_image(image, options, "url", added)
 
     def search_filename(self, name: str, options: SearchOptions = SearchOptions()) -> SearchOutcome:
         path = self.library.path_of(name)
         space = self._space(options.engine)
         vector = space.store.vector(name)
-        if vector is None or space.store.stamp(name) != self.library.stamp(name):
-            image = imaging.open_image(path, max_pixels=self.settings.max_image_pixels)
-            vector = space.engine.extract(space.engine.prepare(image)[None])[0]
-        hits = self._search(space, vector, options, frozenset([name]))
-        return SearchOutcome(hits, "filename", name, space.engine)
+        if vector is not None and space.store.stamp(name) == self.library.stamp(name):
+            hits = self._search(space, vector, options, frozenset([name]))
+            return SearchOutcome(hits, "filename", name, space.engine)
+        return self._search_source(path, options, "filename", name)

@@ -20,7 +20,8 @@ def _build(name: str, settings: Settings) -> Engine:
     if name in ("resnet50", "vgg16", "mobilenetv2"):
         from .keras_cnn import KerasApplicationEngine
 
-        return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None)
+        return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None,
+                                      precision=settings.precision)
     if name == OFFLINE_ENGINE:
         from .efficientnet_lite import EfficientNetLite0Engine
 
@@ -47,7 +48,7 @@ def parse_scales(text: str) -> tuple[int, ...]:
 
 def get_engine(name: str, settings: Settings) -> Engine:
     """The loaded engine called `name`, built once per process and settings."""
-    key = (name, settings.weights, settings.metric, settings.feature_layer, str(settings.cache_dir),
+    key = (name, settings.weights, settings.metric, settings.precision, settings.feature_layer, str(settings.cache_dir),
            settings.feature_pooling, settings.feature_scales, settings.flip_average)
     with _cache_lock:
         engine = _cache.get(key)

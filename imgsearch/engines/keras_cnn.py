@@ -80,7 +80,7 @@ class KerasApplicationEngine(Engine):
 
     @property
     def weights_tag(self) -> str:
-        return self._weights_tag
+        return self._weights_tag if self.precision == "float32" else f"{self._weights_tag}-{self.precision}"
 
     def _load(self) -> None:
         import tensorflow as tf
