@@ -118,6 +118,7 @@ class FeatureSet:
             )
 
         atomic_write_with(self.path, write)
+        self.load_problem = ""  # what is on disk now is this set
 
     def add(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         """Insert or replace rows. Existing snapshots keep seeing the rows they had."""

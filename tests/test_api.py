@@ -41,6 +41,7 @@ class TestLibrary:
         upload(client, make_image("purple", seed=7), "violet.png")
         status = client.get("/api/status").get_json()
         assert status["pending"] == 0 and status["indexed"] == status["originals"] + status["user_images"]
+        assert status["stores"] == {"originals": "loaded", "user": "loaded"}
         results = client.post("/api/search", data={"file": (io.BytesIO(make_image("purple", seed=8)), "q.png")},
                               content_type="multipart/form-data").get_json()["results"]
         assert results[0]["filename"] == "violet.png"
