@@ -22,6 +22,9 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from .errors import RequestError
+
+
 log = logging.getLogger(__name__)
 
 Resolver = Callable[[str, int], list[str]]
@@ -47,13 +50,8 @@ _SPECIAL_PURPOSE_NETWORKS = tuple(ipaddress.ip_network(block) for block in (
 ))
 
 
-class FetchError(Exception):
-    """A URL that could not or must not be fetched; `status` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class FetchError(RequestError):
+    """A URL that could not or must not be fetched."""
 
 
 @dataclasses.dataclass(frozen=True)

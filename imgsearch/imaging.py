@@ -9,6 +9,7 @@ from typing import BinaryIO
 
 from PIL import Image, ImageOps
 
+from .errors import RequestError
 from .persist import atomic_write_bytes
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
@@ -30,13 +31,8 @@ _REFUSED_SIGNATURES = (
 )
 
 
-class ImageError(Exception):
-    """An input that is not a usable image; `status` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, status: int = 400):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class ImageError(RequestError):
+    """An input that is not a usable image."""
 
 
 def configure_pillow(max_pixels: int) -> None:

@@ -14,6 +14,7 @@ from .config import Settings
 from .duplicates import DuplicateGroup, find_duplicate_groups
 from .engines import get_engine
 from .engines.base import Engine, WeightsUnavailable
+from .errors import RequestError
 from .extraction import extract_files, prepare_file
 from .fetch import fetch_image_bytes
 from .index import make_index
@@ -28,13 +29,8 @@ from .store import FeatureStore
 log = logging.getLogger(__name__)
 
 
-class Refused(Exception):
-    """A request the core will not carry out; `status` is the HTTP status it maps to."""
-
-    def __init__(self, message: str, status: int):
-        super().__init__(message)
-        self.message = message
-        self.status = status
+class Refused(RequestError):
+    """A request the service will not carry out, such as deleting an original."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
-from ..imaging import ImageError
-from ..service import ImageSearchService, Refused, SearchOptions, SearchOutcome
+from ..errors import RequestError
+from ..service import ImageSearchService, SearchOptions, SearchOutcome
 from .errors import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
@@ -109,7 +109,7 @@ def upload_image():
         try:
             name = service().add_image(data, storage.filename or "")
             uploaded.append({"filename": name, "original_name": storage.filename})
-        except (ImageError, Refused) as exc:
+        except RequestError as exc:
             if len(files) == 1:
                 raise
             failed.append({"original_name": storage.filename, "error": exc.message, "status": exc.status})

@@ -6,19 +6,17 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..fetch import FetchError
-from ..imaging import ImageError
+from ..errors import RequestError
 from ..library import NotFound
-from ..service import Refused
 
 log = logging.getLogger(__name__)
 
 
-class ApiError(Exception):
+class ApiError(RequestError):
+    """A request the HTTP layer refuses before reaching the core."""
+
     def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
+        super().__init__(message, status)
 
 
 def error_response(status: int, message: str):
@@ -28,20 +26,8 @@ def error_response(status: int, message: str):
 
 
 def init_app(app: Flask) -> None:
-    @app.errorhandler(ApiError)
-    def api_error(exc: ApiError):
-        return error_response(exc.status, exc.message)
-
-    @app.errorhandler(Refused)
-    def refused(exc: Refused):
-        return error_response(exc.status, exc.message)
-
-    @app.errorhandler(ImageError)
-    def bad_image(exc: ImageError):
-        return error_response(exc.status, exc.message)
-
-    @app.errorhandler(FetchError)
-    def bad_url(exc: FetchError):
+    @app.errorhandler(RequestError)
+    def refused(exc: RequestError):
         return error_response(exc.status, exc.message)
 
     @app.errorhandler(NotFound)
