@@ -16,10 +16,7 @@ import collections
 import dataclasses
 import io
 import json
-import os
 import random
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -30,7 +27,8 @@ import numpy as np
 import requests
 from PIL import Image, ImageDraw
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
+from bench.common import PROJECT_DIR, ServerProcess, proc_status_mb
+
 COLOURS = [(220, 30, 30), (30, 180, 40), (30, 60, 220), (240, 220, 20), (140, 40, 160), (128, 128, 128)]
 MAX_OWN_UPLOADS = 4  # each client deletes its oldest upload beyond this, so the library stays bounded
 WEIGHTS = {"search_file": 5, "search_name": 4, "upload": 2, "list": 2, "status": 1, "thumbnail": 3, "image": 1,
@@ -61,50 +59,21 @@ def make_library(data_dir: Path, originals: int = 30, seed: int = 0) -> list[str
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+    return proc_status_mb(pid)["rss_mb"]
 
 
-class ServerProcess:
-    """`python app.py` on a free loopback port, its output in the data folder."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "server.log"
-        self.env = {**os.environ, "IMAGE_SEARCH_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1", **env}
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> "ServerProcess":
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, str(PROJECT_DIR / "app.py"), "--port", str(self.port)],
-                                            cwd=PROJECT_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{self.log_path.read_text(errors='replace')}")
-            try:
-                if requests.get(self.url + "/api/status", timeout=2).json()["startup"]["state"] == "ready":
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.__exit__()
-        raise RuntimeError("the server did not become ready")
-
-    def __exit__(self, *exc_info) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def start_server(data_dir: Path, model: str, timeout: float = 300) -> ServerProcess:
+    """`python app.py` on the library, returned once its startup indexing is done."""
+    server = ServerProcess([sys.executable, str(PROJECT_DIR / "app.py")],
+                           {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": model},
+                           data_dir / "server.log", "/api/status").start(timeout)
+    deadline = time.monotonic() + timeout
+    while requests.get(server.url + "/api/status", timeout=5).json()["startup"]["state"] != "ready":
+        if time.monotonic() > deadline:
+            server.stop()
+            raise RuntimeError("the server did not finish indexing its library")
+        time.sleep(0.3)
+    return server
 
 
 @dataclasses.dataclass
@@ -257,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="soak-") as folder:
         data_dir = Path(folder)
         originals = make_library(data_dir, args.originals)
-        with ServerProcess(data_dir, {"IMAGE_SEARCH_MODEL": args.model}) as server:
+        server = start_server(data_dir, args.model)
+        try:
             report = run_soak(server.url, server.process.pid, originals, args.seconds, args.clients)
+        finally:
+            server.stop()
         tracebacks = (data_dir / "server.log").read_text(errors="replace").count("Traceback")
     print(report.summary())
     print(f"operations: {report.operations}; tracebacks in the server log: {tracebacks}")
