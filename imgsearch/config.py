@@ -47,6 +47,10 @@ class Settings:
         "float32", "IMAGE_SEARCH_PRECISION",
         "`resnet50`, `vgg16`, `mobilenetv2`: `float32`, or `bfloat16` (faster on CPUs with AMX; vectors differ slightly, so it is its own feature space).",
     )
+    runtime: str = _field(
+        "onnxruntime", "IMAGE_SEARCH_RUNTIME",
+        "What runs the CNN: `onnxruntime` (its Keras graph exported at startup and checked against Keras; faster on CPU) or `tensorflow`. Falls back to TensorFlow for layers it cannot export.",
+    )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
         "`efficientnet-lite0` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",

@@ -10,13 +10,13 @@ import pytest
 from conftest import build_app, make_image
 
 ENGINES = {
-    # name: (dimension, metric)
-    "resnet50": (2048, "cosine"),
-    "efficientnet-lite0": (1280, "cosine"),
-    "vgg16": (4096, "euclidean"),
-    "mobilenetv2": (1280, "cosine"),
-    "color": (1440, "chi2"),
-    "custom": (16, "cosine"),
+    # name: (dimension, metric, what runs it)
+    "resnet50": (2048, "cosine", "onnxruntime"),
+    "efficientnet-lite0": (1280, "cosine", "onnxruntime"),
+    "vgg16": (4096, "euclidean", "onnxruntime"),
+    "mobilenetv2": (1280, "cosine", "onnxruntime"),
+    "color": (1440, "chi2", "numpy"),
+    "custom": (16, "cosine", "tensorflow"),
 }
 
 
@@ -54,10 +54,11 @@ def search_file(client, data, **fields):
 
 @pytest.mark.parametrize("name", list(ENGINES))
 def test_engine_serves_the_whole_flow(name, settings, custom_model, data_dir):
-    dimension, metric = ENGINES[name]
+    dimension, metric, runtime = ENGINES[name]
     client = build_app(engine_settings(settings, name, custom_model)).test_client()
     status = client.get("/api/status").get_json()
-    assert (status["model"], status["dimension"], status["metric"]) == (name, dimension, metric)
+    assert (status["model"], status["dimension"], status["metric"], status["runtime"]) == (
+        name, dimension, metric, runtime)
     assert status["indexed"] == 6 and status["fallback"] is False
 
     sunset = make_image("purple", size=(120, 90), seed=11)

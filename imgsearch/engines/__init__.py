@@ -21,12 +21,13 @@ def _build(name: str, settings: Settings) -> Engine:
         from .keras_cnn import KerasApplicationEngine
 
         return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None,
-                                      precision=settings.precision)
+                                      precision=settings.precision, runtime=settings.runtime)
     if name == OFFLINE_ENGINE:
         from .efficientnet_lite import EfficientNetLite0Engine
 
         return EfficientNetLite0Engine(cache_dir=settings.cache_dir, pooling=settings.feature_pooling,
-                                       scales=parse_scales(settings.feature_scales), flip=settings.flip_average)
+                                       scales=parse_scales(settings.feature_scales), flip=settings.flip_average,
+                                       runtime=settings.runtime)
     if name == "color":
         from .color import ColorHistogramEngine
 
@@ -49,7 +50,7 @@ def parse_scales(text: str) -> tuple[int, ...]:
 def get_engine(name: str, settings: Settings) -> Engine:
     """The loaded engine called `name`, built once per process and settings."""
     key = (name, settings.weights, settings.metric, settings.precision, settings.feature_layer, str(settings.cache_dir),
-           settings.feature_pooling, settings.feature_scales, settings.flip_average)
+           settings.feature_pooling, settings.feature_scales, settings.flip_average, settings.runtime)
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:

@@ -29,6 +29,7 @@ class Engine(abc.ABC):
     metric: str = "cosine"
     input_size: int = 224
     weights: str = "none"      # where the weights came from, shown to users
+    runtime: str = "tensorflow"  # what executes the model, shown to users
     fallback_reason: str = ""  # set when this engine stands in for the one that was asked for
 
     def __init__(self):
@@ -76,6 +77,7 @@ class Engine(abc.ABC):
             "dimension": self.dim,
             "metric": self.metric,
             "weights": self.weights,
+            "runtime": self.runtime,
             "fallback": bool(self.fallback_reason),
             "fallback_reason": self.fallback_reason,
         }

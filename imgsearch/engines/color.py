@@ -30,6 +30,7 @@ class ColorHistogramEngine(Engine):
     metric = "chi2"
     input_size = PREPARED_SIZE
     weights = "none"
+    runtime = "numpy"
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """Squash the whole image to 256×256, with no crop.
