@@ -1,7 +1,7 @@
 """Feature extraction from JPEG files on disk, end to end (read, decode, resize, model), ours against the seed's.
 
 Ours: `extraction.extract_files`, what "Generate Features" runs: decoding with JPEG draft mode in a
-thread pool overlapped with batched inference through a traced function. Baseline: per image
+thread pool overlapped with batched inference (ONNX Runtime by default; TensorFlow is measured beside it). Baseline: per image
 `keras.utils.load_img(path, target_size=(224, 224))` and `model.predict` on a batch of one.
 The achieved GFLOP/s is compared with the machine's float32 matrix-multiply peak measured in the same run.
 """
@@ -107,14 +107,52 @@ def measure_bfloat16_option(paths: list[Path], batch_size: int, workers: int) ->
                   "min_cosine_to_float32": float(cosine.min())}
 
 
+def measure_tensorflow_runtime(paths: list[Path], batch_size: int, workers: int) -> tuple[list[dict], dict]:
+    """ResNet50 under ONNX Runtime (the default) against TensorFlow with the same weights: speed and agreement."""
+    import keras
+
+    from imgsearch.engines.keras_cnn import KerasApplicationEngine
+
+    engines = {}
+    for runtime in ("onnxruntime", "tensorflow"):
+        keras.utils.set_random_seed(0)  # the same random weights for both
+        engines[runtime] = KerasApplicationEngine("resnet50", "random", runtime=runtime).load()
+        engines[runtime].warm_up()
+    sample = np.stack([prepare_file(engines["tensorflow"], path) for path in (paths * batch_size)[:batch_size]])
+    vectors = {runtime: engine.extract(sample) for runtime, engine in engines.items()}
+    cosine = np.sum(vectors["onnxruntime"] * vectors["tensorflow"], axis=1)
+    largest_difference = float(np.abs(vectors["onnxruntime"] - vectors["tensorflow"]).max())
+    rates = {runtime: _model_only_rate(engine, paths, batch_size) for runtime, engine in engines.items()}
+    end_to_end = {runtime: len(paths) / _ours(engine, paths, batch_size, workers)[0]
+                  for runtime, engine in engines.items()}
+    one = sample[:1]
+    single = {runtime: 1000 * float(np.median(repeat_timed(lambda e=engine: e.extract(one), 10)))
+              for runtime, engine in engines.items()}
+    note = "baseline column: IMAGE_SEARCH_RUNTIME=tensorflow, same weights"
+    rows = [
+        result_row("extraction", "resnet50 ONNX Runtime vs TensorFlow, model only", "img/s", rates["onnxruntime"],
+                   rates["tensorflow"], higher_is_better=True, target="cosine to TensorFlow >= 0.999",
+                   met=float(cosine.min()) >= 0.999, min_cosine_to_tensorflow=float(cosine.min()),
+                   largest_difference=largest_difference, note=note),
+        result_row("extraction", "resnet50 ONNX Runtime vs TensorFlow, end to end", "img/s",
+                   end_to_end["onnxruntime"], end_to_end["tensorflow"], higher_is_better=True, note=note),
+        result_row("extraction", "resnet50 ONNX Runtime vs TensorFlow, one image", "ms", single["onnxruntime"],
+                   single["tensorflow"], higher_is_better=False, note=note),
+    ]
+    return rows, {"model_only_img_s": rates, "end_to_end_img_s": end_to_end, "one_image_ms": single,
+                  "min_cosine_to_tensorflow": float(cosine.min()), "largest_difference": largest_difference}
+
+
 def run(models: list[str], paths: list[Path], baseline_count: int, batch_size: int, workers: int,
-        peak_gflops: float, bfloat16_option: bool = False) -> tuple[list[dict], dict]:
+        peak_gflops: float, resnet50_options: bool = False) -> tuple[list[dict], dict]:
     rows, details = [], {}
     for model in models:
         model_rows, detail = measure_model(model, paths, baseline_count, batch_size, workers, peak_gflops)
         rows += model_rows
         details[model] = detail
-    if bfloat16_option:
+    if resnet50_options:  # the opt-in bfloat16 precision and the TensorFlow runtime
         option_rows, details["resnet50-bfloat16"] = measure_bfloat16_option(paths, batch_size, workers)
         rows += option_rows
+        runtime_rows, details["resnet50-runtimes"] = measure_tensorflow_runtime(paths, batch_size, workers)
+        rows += runtime_rows
     return rows, details

@@ -27,19 +27,19 @@ SECTIONS = ("extraction", "search", "http", "startup_memory")
 MODES = {
     "full": {
         "photos": 64, "baseline_photos": 16, "extraction_models": ["resnet50", "efficientnet-lite0"],
-        "bfloat16_option": True,
+        "resnet50_options": True,
         "search_sizes": [10_000, 100_000, 1_000_000], "search_queries": 40, "search_baseline_queries": 8,
         "http_models": ["resnet50", "efficientnet-lite0"], "http_n": 10_000, "http_queries": 50,
         "throughput_requests": 96, "store_model": "resnet50", "store_n": 100_000, "store_searches": 10,
     },
     "quick": {
-        "photos": 12, "baseline_photos": 4, "extraction_models": ["efficientnet-lite0"], "bfloat16_option": False,
+        "photos": 12, "baseline_photos": 4, "extraction_models": ["efficientnet-lite0"], "resnet50_options": False,
         "search_sizes": [10_000], "search_queries": 20, "search_baseline_queries": 5,
         "http_models": ["efficientnet-lite0"], "http_n": 2_000, "http_queries": 10,
         "throughput_requests": 24, "store_model": "efficientnet-lite0", "store_n": 5_000, "store_searches": 5,
     },
     "smoke": {
-        "photos": 4, "baseline_photos": 2, "extraction_models": ["efficientnet-lite0"], "bfloat16_option": False,
+        "photos": 4, "baseline_photos": 2, "extraction_models": ["efficientnet-lite0"], "resnet50_options": False,
         "search_sizes": [2_000], "search_queries": 5, "search_baseline_queries": 2,
         "http_models": ["efficientnet-lite0"], "http_n": 200, "http_queries": 3,
         "throughput_requests": 8, "store_model": "efficientnet-lite0", "store_n": 500, "store_searches": 2,
@@ -82,7 +82,7 @@ def run(mode: str, output: Path, sections: tuple[str, ...] = SECTIONS) -> dict:
             "extraction": lambda: extraction.run(
                 plan["extraction_models"], write_photos(workdir / "photos", plan["photos"]),
                 plan["baseline_photos"], batch_size=32, workers=2, peak_gflops=peak,
-                bfloat16_option=plan["bfloat16_option"]),
+                resnet50_options=plan["resnet50_options"]),
             "search": lambda: search.run(plan["search_sizes"], plan["search_queries"],
                                          plan["search_baseline_queries"]),
             "http": lambda: http_search.run(plan["http_models"], plan["http_n"], workdir, plan["http_queries"],

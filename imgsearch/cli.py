@@ -264,7 +264,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         existing_folder(dataset)
     try:
         options = PostProcessing(whiten_dim=args.whiten, strength=args.whiten_strength, power=args.power,
-                                 dba_k=args.dba, qe_k=args.qe, alpha=args.alpha)
+                                 dba_k=args.dba, qe_k=args.qe, alpha=args.alpha, keep_nearest=args.keep_nearest)
         engines = [get_engine(name, settings) for name in dict.fromkeys(args.engines or [settings.model])]
     except (ValueError, WeightsUnavailable) as exc:
         raise CommandError(str(exc)) from None
@@ -387,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="alpha query expansion with K hits (default: off)")
     post.add_argument("--alpha", type=float, default=3.0,
                       help="similarity exponent of the DBA and query-expansion weights (default: %(default)s)")
+    post.add_argument("--keep-nearest", action="store_true",
+                      help="keep the plain-cosine nearest image first, as the app's query expansion does")
     evaluation.set_defaults(run=run_evaluate)
     return parser
 

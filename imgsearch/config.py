@@ -65,7 +65,7 @@ class Settings:
     )
     query_expansion: int = _field(
         0, "IMAGE_SEARCH_QUERY_EXPANSION",
-        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE); `0` is off.",
+        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE), keeping the plain nearest image first; `0` is off.",
     )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",

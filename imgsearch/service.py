@@ -23,7 +23,7 @@ from .index.exact import ExactIndex
 from .jobs import Job, JobRunner, Progress
 from .library import Library, NotFound
 from .persist import remove_temp_files
-from .retrieval import expand_query
+from .retrieval import search_with_expansion
 from .store import FeatureStore
 
 log = logging.getLogger(__name__)
@@ -291,11 +291,12 @@ class ImageSearchService:
             # Another engine's store may still hold images deleted since it was made.
             exclude |= {name for name in space.store.originals.names + space.store.uploads.names
                         if name not in self.library.original_names and not self.library.exists(name)}
+        k = self.clamp_k(options.k)
         if self.settings.query_expansion and space.engine.metric == "cosine":
-            # αQE (imgsearch/retrieval.py): the query plus its best hits finds more of their kind.
-            first = space.index.search(vector[None], self.settings.query_expansion, exclude)[0]
-            vector = expand_query(vector, first, space.store.vector)
-        ranked = space.index.search(vector[None], self.clamp_k(options.k), exclude)[0]
+            ranked = search_with_expansion(lambda query, n: space.index.search(query[None], n, exclude)[0], vector,
+                                           space.store.vector, self.settings.query_expansion, k)
+        else:
+            ranked = space.index.search(vector[None], k, exclude)[0]
         return [Hit(name, round(score, 6), self.library.is_original(name))
                 for name, score in ranked if score >= options.min_similarity]
 

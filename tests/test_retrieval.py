@@ -13,6 +13,7 @@ from imgsearch.retrieval import (
     database_augmentation,
     expand_query,
     nearest_neighbours,
+    search_with_expansion,
 )
 
 
@@ -102,6 +103,8 @@ def test_labels_name_the_techniques():
     assert PostProcessing(whiten_dim=256, dba_k=10, qe_k=5).label() == "pcaw256+dba10+aqe5"
     assert PostProcessing(qe_k=2, alpha=1).label() == "aqe2+a1"
     assert PostProcessing(whiten_dim=128, strength=0, power=1).label() == "pcaw128-w0-pow1"
+    assert PostProcessing(qe_k=15, keep_nearest=True).label() == "aqe15+nn1"
+    assert PostProcessing(keep_nearest=True).label() == "none"
     with pytest.raises(ValueError):
         PostProcessing(dba_k=-1)
 
@@ -157,12 +160,50 @@ def test_the_app_searches_with_the_expanded_query_when_asked(data_dir, cache_dir
         service.startup_job.thread.join()
     hits = service.search_filename("red_circle.png", SearchOptions(k=3)).hits
     assert "red_circle.png" not in [hit.filename for hit in hits]
-    # The scores are those of the query plus its two best other images, weighted by similarity³.
+    # The plain nearest image stays first with its own score; the others are ranked and scored by the query
+    # plus its two best other images, weighted by similarity³.
     store = service.store
     query = store.vector("red_circle.png")
     first = service.primary.index.search(query[None], 2, frozenset(["red_circle.png"]))[0]
+    assert (hits[0].filename, hits[0].similarity) == (first[0][0], pytest.approx(first[0][1], abs=1e-5))
     expanded = expand_query(query, first, store.vector)
-    for hit in hits:
+    for hit in hits[1:]:
         assert hit.similarity == pytest.approx(float(np.clip(expanded @ store.vector(hit.filename), 0, 1)), abs=1e-5)
+    assert [hit.similarity for hit in hits[1:]] == sorted((hit.similarity for hit in hits[1:]), reverse=True)
     with pytest.raises(ValueError, match="QUERY_EXPANSION"):
         Settings(query_expansion=-1)
+
+
+def test_nearest_first_pins_the_plain_nearest_neighbour_even_when_expansion_moves_it():
+    """A copy (q) closest to its original (o) but in a tight cluster of siblings (s1, s2, s3)."""
+    o = np.array([1.0, 0.0, 0.0])
+    siblings = [np.array([0.8, 0.6, 0.0]), np.array([0.78, 0.62, 0.05]), np.array([0.82, 0.57, -0.04])]
+    database = l2_normalize(np.array([o, *siblings], np.float32))
+    query = l2_normalize(np.array([[0.97, 0.24, 0.0]], np.float32))
+    assert np.argmax(query @ database.T) == 0
+    expanded_only = Retrieval(database, PostProcessing(qe_k=4)).scores(query)
+    assert np.argmax(expanded_only) != 0   # expansion alone loses the original
+    pinned = Retrieval(database, PostProcessing(qe_k=4, keep_nearest=True)).scores(query)
+    assert np.argmax(pinned) == 0
+    # Leave-one-out: with the original held out, the next plain neighbour is the one pinned.
+    held = Retrieval(database, PostProcessing(qe_k=2, keep_nearest=True)).scores(database[:1], held_out=[0])
+    assert np.argmax(held) == int(np.argmax(np.where(np.arange(4) == 0, -np.inf, database[0] @ database.T)))
+
+
+def test_search_with_expansion_keeps_the_first_hit_and_never_repeats_it():
+    vectors = {"a": np.array([1.0, 0.0], np.float32), "b": np.array([0.6, 0.8], np.float32),
+               "c": np.array([0.0, 1.0], np.float32)}
+    calls = []
+
+    def search(query, n):
+        calls.append(n)
+        return sorted(((name, float(query @ v)) for name, v in vectors.items()), key=lambda hit: -hit[1])[:n]
+
+    query = np.array([0.8, 0.6], np.float32)   # plain similarities: b 0.96, a 0.8, c 0.6
+    ranked = search_with_expansion(search, query, vectors.get, expansion_k=2, k=3)
+    assert calls == [2, 3]
+    expanded = expand_query(query, [("b", 0.96), ("a", 0.8)], vectors.get)
+    assert ranked[0] == ("b", pytest.approx(0.96))
+    assert ranked[1:] == [("a", pytest.approx(float(expanded @ vectors["a"]))),
+                          ("c", pytest.approx(float(expanded @ vectors["c"])))]
+    assert search_with_expansion(lambda q, n: [], query, vectors.get, 2, 3) == []
