@@ -6,6 +6,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Iterable
 
 from werkzeug.security import safe_join
 from werkzeug.utils import secure_filename
@@ -39,14 +40,27 @@ class Library:
 
     def scan(self) -> tuple[list[str], list[str]]:
         """(originals present on disk, user images), each sorted."""
-        originals, uploads = [], []
+        with os.scandir(self.images_dir) as entries:
+            return self.split(entry.name for entry in entries if _is_image_entry(entry))
+
+    def scan_stamps(self) -> dict[str, tuple[int, int]]:
+        """Every image's stamp (see `stamp`) from one pass over the folder: a third of the time of `stamp` per name."""
+        stamps = {}
         with os.scandir(self.images_dir) as entries:
             for entry in entries:
-                if entry.name.startswith(".") or not entry.is_file():
-                    continue
-                if entry.name.rsplit(".", 1)[-1].lower() not in imaging.ALLOWED_EXTENSIONS:
-                    continue
-                (originals if entry.name in self.original_names else uploads).append(entry.name)
+                if _is_image_entry(entry):
+                    try:
+                        info = entry.stat()
+                    except FileNotFoundError:  # deleted since the folder was listed
+                        continue
+                    stamps[entry.name] = (info.st_size, info.st_mtime_ns)
+        return stamps
+
+    def split(self, names: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Names -> (originals, user images), each sorted."""
+        originals, uploads = [], []
+        for name in names:
+            (originals if name in self.original_names else uploads).append(name)
         return sorted(originals), sorted(uploads)
 
     def path_of(self, name: str) -> Path:
@@ -147,3 +161,8 @@ def read_manifest(path: Path) -> list[str]:
         return []
     lines = path.read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def _is_image_entry(entry: os.DirEntry) -> bool:
+    return (not entry.name.startswith(".") and entry.is_file()
+            and entry.name.rsplit(".", 1)[-1].lower() in imaging.ALLOWED_EXTENSIONS)

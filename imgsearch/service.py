@@ -110,32 +110,30 @@ class ImageSearchService:
     # ----- reading -----------------------------------------------------------------------------
 
     def list_images(self) -> dict:
-        originals, uploads = self.library.scan()
+        stamps = self.library.scan_stamps()
+        originals, uploads = self.library.split(stamps)
         return {
             "images": originals + uploads,
             "original_images": originals,
-            "pending": [name for name, _ in self._pending(originals + uploads)],
+            "pending": [name for name, _ in self._pending(stamps)],
         }
 
-    def _pending(self, names: Sequence[str] | None = None) -> list[tuple[str, tuple[int, int]]]:
-        """(name, stamp) of images whose features are missing or older than the file."""
-        if names is None:
-            originals, uploads = self.library.scan()
-            names = originals + uploads
+    def _pending(self, stamps: dict[str, tuple[int, int]] | None = None) -> list[tuple[str, tuple[int, int]]]:
+        """(name, stamp) of images whose features are missing or older than the file, originals first."""
+        stamps = self.library.scan_stamps() if stamps is None else stamps
+        originals, uploads = self.library.split(stamps)
         pending = []
-        for name in names:
-            try:
-                stamp = self.library.stamp(name)
-            except (NotFound, OSError):
-                continue
+        for name in originals + uploads:
+            stamp = stamps[name]
             feature_set = self.store.set_for(self.library.is_original(name))
             if feature_set.stamp(name) != stamp and self._unreadable.get(name) != stamp:
                 pending.append((name, stamp))
         return pending
 
     def status(self) -> dict:
-        originals, uploads = self.library.scan()
-        pending = self._pending(originals + uploads)
+        stamps = self.library.scan_stamps()
+        originals, uploads = self.library.split(stamps)
+        pending = self._pending(stamps)
         job = self.jobs.running
         startup_running = self.startup_job is not None and self.startup_job.running
         return {
