@@ -196,18 +196,20 @@ def free_port() -> int:
 class ServerProcess:
     """A server command run as its own process on a free loopback port, polled until it answers."""
 
-    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, ready_path: str):
+    def __init__(self, command: list[str], env: dict[str, str], log_path: Path, ready_path: str,
+                 ready: Callable[[requests.Response], bool] = lambda response: response.status_code == 200):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [*command, "--port", str(self.port)]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
         self.log_path = log_path
         self.ready_path = ready_path
+        self.ready = ready
         self.process: subprocess.Popen | None = None
         self.seconds_to_first_answer: float | None = None
 
     def start(self, timeout: float = 300.0) -> "ServerProcess":
-        """Start and wait for the first 200 answer; records the seconds from process start to it."""
+        """Start and wait for the first ready answer; records the seconds from process start to it."""
         self._log = open(self.log_path, "ab")
         started = time.perf_counter()
         self.process = subprocess.Popen(self.command, cwd=PROJECT_DIR, env=self.env,
@@ -217,10 +219,10 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
             try:
-                if requests.get(self.url + self.ready_path, timeout=5).status_code == 200:
+                if self.ready(requests.get(self.url + self.ready_path, timeout=5)):
                     self.seconds_to_first_answer = time.perf_counter() - started
                     return self
-            except requests.RequestException:
+            except (requests.RequestException, ValueError):  # not listening yet, or not JSON yet
                 pass
             time.sleep(0.02)
         self.stop()

@@ -1,19 +1,18 @@
 """Shared fixtures: generated images in a temporary library, apps built on real engines, a live server."""
 from __future__ import annotations
 
+import http.server
 import io
 import os
-import socket
-import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
-import requests
 from PIL import Image, ImageDraw
 
+from bench.common import ServerProcess
 from imgsearch.config import Settings
 from imgsearch.engines import get_engine
 from imgsearch.service import ImageSearchService
@@ -99,57 +98,19 @@ def client(app):
     return app.test_client()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class LiveServer:
-    """`python app.py` as a real process on a free port."""
+class LiveServer(ServerProcess):
+    """`python app.py` as a real process on a free port, ready once its startup indexing has finished."""
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, cache_dir: Path | None = None):
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = data_dir / "server.log"
-        self.env = {**os.environ, "IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": "efficientnet-lite0",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        server_env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": "efficientnet-lite0"}
         if cache_dir:
-            self.env.setdefault("IMAGE_SEARCH_CACHE_DIR", str(cache_dir))
-        self.process = None
+            server_env["IMAGE_SEARCH_CACHE_DIR"] = str(cache_dir)
+        super().__init__([sys.executable, str(PROJECT_DIR / "app.py")], {**server_env, **(env or {})},
+                         data_dir / "server.log", "/api/status",
+                         ready=lambda response: response.json()["startup"]["state"] == "ready")
 
     def start(self, timeout: float = 180) -> "LiveServer":
-        self._log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(
-            [sys.executable, str(PROJECT_DIR / "app.py"), "--port", str(self.port)],
-            cwd=PROJECT_DIR, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()}")
-            try:
-                status = requests.get(self.url + "/api/status", timeout=2).json()
-                if status["startup"]["state"] == "ready":
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"server did not become ready:\n{self.output()}")
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        if getattr(self, "_log", None):
-            self._log.close()
+        return super().start(timeout)
 
     def kill(self) -> None:
         self.process.kill()
@@ -171,3 +132,27 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(scope="session")
+def image_server():
+    """A loopback web server for search by URL: `/blue.png` is an image, `/page.html` is not, the rest 404."""
+    files = {"/blue.png": (make_image("blue", seed=42), "image/png"), "/page.html": (b"<html></html>", "text/html")}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body, kind = files.get(self.path, (b"not found", "text/plain"))
+            self.send_response(200 if self.path in files else 404)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()

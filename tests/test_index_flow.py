@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
-import http.server
 import io
 import json
-import threading
 
 import pytest
 
@@ -14,35 +11,6 @@ from conftest import build_app, make_image
 from imgsearch.index.exact import ExactIndex
 
 BACKENDS = ["exact", "faiss", "milvus:index/vectors.db"]
-
-
-class ImageHandler(http.server.BaseHTTPRequestHandler):
-    def __init__(self, *args, images: dict[str, bytes], **kwargs):
-        self.images = images
-        super().__init__(*args, **kwargs)
-
-    def do_GET(self):
-        body = self.images.get(self.path.lstrip("/"))
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "image/png")
-        self.send_header("Content-Length", str(len(body or b"")))
-        self.end_headers()
-        self.wfile.write(body or b"")
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def image_server():
-    """A loopback web server with one image, for search by URL."""
-    images = {"blue.png": make_image("blue", shape="ellipse", seed=42)}
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(ImageHandler, images=images))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def upload(client, data: bytes, name: str):

@@ -1,37 +1,9 @@
 """`python app.py` as a real process, over real HTTP."""
 from __future__ import annotations
 
-import http.server
-import threading
-
-import pytest
 import requests
 
 from conftest import LiveServer, make_image
-
-
-@pytest.fixture
-def image_server():
-    """A local web server that serves one PNG and one HTML page."""
-    png = make_image("blue", seed=42)
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body, kind = (png, "image/png") if self.path.endswith(".png") else (b"<html></html>", "text/html")
-            self.send_response(200)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
 
 
 def test_full_flow_over_http(data_dir, cache_dir, image_server):
@@ -48,15 +20,15 @@ def test_full_flow_over_http(data_dir, cache_dir, image_server):
                                 timeout=30).json()
         assert by_file["results"][0]["filename"] in (name, "blue_circle.png", "blue_square.png")
 
-        by_url = requests.post(base + "/api/search", json={"url": image_server + "/photo.png", "k": 3}, timeout=30)
+        by_url = requests.post(base + "/api/search", json={"url": image_server + "/blue.png", "k": 3}, timeout=30)
         assert by_url.status_code == 200 and len(by_url.json()["results"]) == 3
         not_image = requests.post(base + "/api/search", json={"url": image_server + "/page.html"}, timeout=30)
         assert not_image.status_code == 415 and not_image.json()["error"]
 
-        added = requests.post(base + "/api/search", json={"url": image_server + "/photo.png", "add_to_library": True},
+        added = requests.post(base + "/api/search", json={"url": image_server + "/blue.png", "add_to_library": True},
                               timeout=30).json()
-        assert added["query"]["filename"] == "photo.png"
-        assert "photo.png" in requests.get(base + "/api/images", timeout=10).json()["images"]
+        assert added["query"]["filename"] == "blue.png"
+        assert "blue.png" in requests.get(base + "/api/images", timeout=10).json()["images"]
 
         by_name = requests.post(base + "/api/search", data={"filename": name}, timeout=30).json()
         assert name not in [r["filename"] for r in by_name["results"]]
