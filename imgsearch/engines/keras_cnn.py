@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Engine, WeightsUnavailable
-from .onnx_runtime import CAFFE, RUNTIMES, SYMMETRIC, load_runner
+from .onnx_runtime import CAFFE, RUNTIMES, SYMMETRIC, load_runner, probe_pixels
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class KerasApplicationEngine(Engine):
             raise
 
         if self.requested_runtime == "onnxruntime" and self.precision == "float32":
-            self._features = load_runner(model, INPUT_TRANSFORMS[self.name], self.input_size)
+            self._features = load_runner(model, INPUT_TRANSFORMS[self.name], probe_pixels(self.input_size))
             if self._features is not None:
                 self.runtime = "onnxruntime"
                 log.info("Loaded %s (%s weights, %d-d) on ONNX Runtime", self.name, self.weights, self.dim)

@@ -42,6 +42,7 @@ class InputTransform:
 
 CAFFE = InputTransform(mean=(123.68, 116.779, 103.939), bgr=True)     # ResNet50, VGG16
 SYMMETRIC = InputTransform(mean=(127.5, 127.5, 127.5), scale=1 / 127.5)  # MobileNetV2: [-1, 1]
+IDENTITY = InputTransform(mean=(0.0, 0.0, 0.0))                          # inputs already prepared
 
 
 class _GraphBuilder:
@@ -101,11 +102,11 @@ class _Exporter:
         self.paddings: dict[str, tuple[str, list[int]]] = {}   # ZeroPadding2D outputs, merged into consumers
         self.convolutions: dict[str, dict] = {}                 # conv output -> weights, until written
 
-    def input(self) -> str:
+    def input(self, float_input: bool) -> str:
         from onnx import TensorProto
 
         graph, transform = self.graph, self.transform
-        pixels = graph.node("Cast", ["image"], "pixels", to=TensorProto.FLOAT)
+        pixels = "image" if float_input else graph.node("Cast", ["image"], "pixels", to=TensorProto.FLOAT)
         centred = graph.node("Sub", [pixels, graph.constant(transform.mean, "mean")], "centred")
         if transform.scale != 1.0:
             centred = graph.node("Mul", [centred, graph.constant(transform.scale, "scale")], "scaled")
@@ -210,14 +211,20 @@ class _Exporter:
         return source
 
 
-def export(model, transform: InputTransform) -> bytes:
-    """Serialised ONNX model: (n, h, w, 3) uint8 input "image" -> (n, features) float32 output "features"."""
+def export(model, transform: InputTransform, input_dtype=np.uint8) -> bytes:
+    """Serialised ONNX model: (n, h, w, 3) input "image" -> (n, features) float32 output "features".
+
+    The input is uint8 pixels, or with `input_dtype=np.float32` float images that `transform` still applies to.
+    """
+    float_input = np.dtype(input_dtype) == np.float32
+    if not float_input and np.dtype(input_dtype) != np.uint8:
+        raise UnsupportedModel(f"input type {np.dtype(input_dtype)}: only uint8 or float32")
     from onnx import TensorProto, helper, numpy_helper
 
     if len(model.inputs) != 1 or len(model.outputs) != 1:
         raise UnsupportedModel("only models with one input and one output")
     exporter = _Exporter(transform)
-    tensors = {id(model.inputs[0]): exporter.input()}
+    tensors = {id(model.inputs[0]): exporter.input(float_input)}
     for layer in model.layers:
         if type(layer).__name__ == "InputLayer":
             continue
@@ -239,17 +246,23 @@ def export(model, transform: InputTransform) -> bytes:
     initializers = [numpy_helper.from_array(value, name) for name, value in graph.constants.items()]
     onnx_graph = helper.make_graph(
         graph.nodes, "features",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, None, None, 3])],
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT if float_input else TensorProto.UINT8,
+                                       [None, None, None, 3])],
         [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)], initializers)
     onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
     return onnx_model.SerializeToString()
 
 
-def load_runner(model, transform: InputTransform, input_size: int) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A function running `model` under ONNX Runtime on uint8 batches, or None to keep TensorFlow.
+def probe_pixels(size: int, count: int = 2) -> np.ndarray:
+    """A fixed batch of noise images: every pixel value and channel mix, for checking an export."""
+    return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
 
-    None when onnxruntime is not installed, the model cannot be exported, or the exported graph's
-    features on a probe batch differ from Keras's (cosine below MIN_PROBE_COSINE).
+
+def load_runner(model, transform: InputTransform, probe: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
+    """A function running `model` under ONNX Runtime on batches like `probe`, or None to keep TensorFlow.
+
+    `probe` (uint8 pixels or float32 images, see `export`) is run through both; None when onnxruntime is not
+    installed, the model cannot be exported, or the features differ from Keras's (cosine below MIN_PROBE_COSINE).
     """
     try:
         import onnxruntime
@@ -257,7 +270,7 @@ def load_runner(model, transform: InputTransform, input_size: int) -> Callable[[
         log.info("onnxruntime is not installed; running %s with TensorFlow", model.name)
         return None
     try:
-        blob = export(model, transform)
+        blob = export(model, transform, probe.dtype)
     except UnsupportedModel as exc:
         log.info("Running %s with TensorFlow: %s", model.name, exc)
         return None
@@ -265,13 +278,14 @@ def load_runner(model, transform: InputTransform, input_size: int) -> Callable[[
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     session = onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
+    dtype = probe.dtype
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=dtype)})[0]
 
-    probe = np.random.default_rng(0).integers(0, 256, (2, input_size, input_size, 3), dtype=np.uint8)
-    expected = np.asarray(model(transform.apply(probe), training=False), np.float32).reshape(2, -1)
-    got = run(probe).reshape(2, -1)
+    count = len(probe)
+    expected = np.asarray(model(transform.apply(probe), training=False), np.float32).reshape(count, -1)
+    got = run(probe).reshape(count, -1)
     agreement = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
     if agreement < MIN_PROBE_COSINE:
         log.warning("ONNX Runtime features of %s differ from Keras (cosine %.6f); running it with TensorFlow",
