@@ -118,6 +118,8 @@ class _Exporter:
         source, pads = self.paddings.get(sources[0], (sources[0], [0, 0, 0, 0]))
         if sources[0] in self.paddings and kind not in ("Conv2D", "DepthwiseConv2D", "MaxPooling2D"):
             raise UnsupportedModel(f"{layer.name}: zero padding before a {kind} layer")
+        if self.bgr_pending and kind not in ("ZeroPadding2D", "Conv2D", "MaxPooling2D", "Activation", "ReLU"):
+            raise UnsupportedModel(f"{layer.name}: a {kind} layer before the convolution that takes BGR input")
         graph = self.graph
         if kind == "ZeroPadding2D":
             if source in self.paddings:
