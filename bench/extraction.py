@@ -32,9 +32,28 @@ def _ours(engine, paths: list[Path], batch_size: int, workers: int) -> tuple[flo
     return seconds, np.concatenate([b.vectors for b in batches])
 
 
+def _prepared_batch(engine, paths: list[Path], batch_size: int) -> np.ndarray:
+    """`batch_size` decoded inputs, cycling through the photos."""
+    return np.stack([prepare_file(engine, path) for path in (paths * batch_size)[:batch_size]])
+
+
+def _resnet50_pair(option: str, values: tuple[str, str]) -> dict:
+    """Two warmed-up ResNet50 engines with the same random weights, differing only in `option`."""
+    import keras
+
+    from imgsearch.engines.keras_cnn import KerasApplicationEngine
+
+    engines = {}
+    for value in values:
+        keras.utils.set_random_seed(0)
+        engines[value] = KerasApplicationEngine("resnet50", "random", **{option: value}).load()
+        engines[value].warm_up()
+    return engines
+
+
 def _model_only_rate(engine, paths: list[Path], batch_size: int) -> float:
     """Images/s of the model alone on already-decoded inputs: the ceiling for the end-to-end figure."""
-    batch = np.stack([prepare_file(engine, path) for path in (paths * batch_size)[:batch_size]])
+    batch = _prepared_batch(engine, paths, batch_size)
     seconds = min(repeat_timed(lambda: engine.extract(batch), 3))
     return batch_size / seconds
 
@@ -82,16 +101,8 @@ def measure_model(model: str, paths: list[Path], baseline_count: int, batch_size
 
 def measure_bfloat16_option(paths: list[Path], batch_size: int, workers: int) -> tuple[list[dict], dict]:
     """ResNet50 with `precision="bfloat16"` against float32 with the same weights: speed and agreement."""
-    import keras
-
-    from imgsearch.engines.keras_cnn import KerasApplicationEngine
-
-    engines = {}
-    for precision in ("float32", "bfloat16"):
-        keras.utils.set_random_seed(0)  # the same random weights for both
-        engines[precision] = KerasApplicationEngine("resnet50", "random", precision=precision).load()
-        engines[precision].warm_up()
-    sample = np.stack([prepare_file(engines["float32"], path) for path in (paths * batch_size)[:batch_size]])
+    engines = _resnet50_pair("precision", ("float32", "bfloat16"))
+    sample = _prepared_batch(engines["float32"], paths, batch_size)
     cosine = np.sum(engines["float32"].extract(sample) * engines["bfloat16"].extract(sample), axis=1)
     rates = {precision: _model_only_rate(engine, paths, batch_size) for precision, engine in engines.items()}
     seconds, _ = _ours(engines["bfloat16"], paths, batch_size, workers)
@@ -109,16 +120,8 @@ def measure_bfloat16_option(paths: list[Path], batch_size: int, workers: int) ->
 
 def measure_tensorflow_runtime(paths: list[Path], batch_size: int, workers: int) -> tuple[list[dict], dict]:
     """ResNet50 under ONNX Runtime (the default) against TensorFlow with the same weights: speed and agreement."""
-    import keras
-
-    from imgsearch.engines.keras_cnn import KerasApplicationEngine
-
-    engines = {}
-    for runtime in ("onnxruntime", "tensorflow"):
-        keras.utils.set_random_seed(0)  # the same random weights for both
-        engines[runtime] = KerasApplicationEngine("resnet50", "random", runtime=runtime).load()
-        engines[runtime].warm_up()
-    sample = np.stack([prepare_file(engines["tensorflow"], path) for path in (paths * batch_size)[:batch_size]])
+    engines = _resnet50_pair("runtime", ("onnxruntime", "tensorflow"))
+    sample = _prepared_batch(engines["tensorflow"], paths, batch_size)
     vectors = {runtime: engine.extract(sample) for runtime, engine in engines.items()}
     cosine = np.sum(vectors["onnxruntime"] * vectors["tensorflow"], axis=1)
     largest_difference = float(np.abs(vectors["onnxruntime"] - vectors["tensorflow"]).max())
