@@ -1,6 +1,7 @@
 """Shared fixtures: generated images in a temporary library, apps built on real engines, a live server."""
 from __future__ import annotations
 
+import contextlib
 import http.server
 import io
 import os
@@ -20,6 +21,10 @@ from imgsearch.web import create_app
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = PROJECT_DIR.parent / "shared" / "datasets"
+
+CHROMIUM = Path("/usr/bin/chromium")
+LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--no-first-run"]
 
 PALETTE = {
     "red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220),
@@ -151,8 +156,30 @@ def image_server():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with loopback_server(Handler) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def loopback_server(handler):
+    """A threaded HTTP server on a free loopback port, serving `handler`; yields its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium driven by Playwright, one per test module."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()

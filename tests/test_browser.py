@@ -12,7 +12,6 @@ import http.server
 import io
 import json
 import re
-import threading
 from pathlib import Path
 from urllib.parse import quote
 
@@ -20,17 +19,14 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import LiveServer, make_image, make_library
+from conftest import CHROMIUM, LiveServer, loopback_server, make_image, make_library
 
-CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
 expect = sync_api.expect
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--no-first-run"]
 # Upper bound for one UI step that waits on the server (feature extraction shares 2 busy cores).
 STEP_TIMEOUT_MS = 60_000
 expect.set_options(timeout=STEP_TIMEOUT_MS)
@@ -70,13 +66,8 @@ def image_host(tmp_path_factory):
     root = tmp_path_factory.mktemp("image-host")
     (root / "query.png").write_bytes(image_bytes("red", "ellipse", seed=11))
     (root / "page.html").write_text("<html><body>not an image</body></html>")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(root)))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with loopback_server(functools.partial(QuietHandler, directory=str(root))) as url:
+        yield url
 
 
 def _library(tmp_path_factory, name: str, originals: dict) -> Path:
@@ -113,14 +104,6 @@ def strict_server(tmp_path_factory, cache_dir):
 
 
 # ---------------------------------------------------------------- browser
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
 
 
 class PageProbe:

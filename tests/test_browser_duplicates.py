@@ -15,8 +15,7 @@ from PIL import Image
 
 from conftest import PROJECT_DIR, LiveServer, make_library
 from imgsearch.config import Settings
-from test_browser import (CHROMIUM, LAUNCH_ARGS, XSS_NAME, _new_page, api_images, card, open_app, screenshot,
-                          sync_api, toast)
+from test_browser import XSS_NAME, _new_page, api_images, card, open_app, screenshot, sync_api, toast
 
 expect = sync_api.expect
 
@@ -59,14 +58,6 @@ def library(server):
                                      timeout=60)
             assert response.json()["filename"] == name, response.text
     return server
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, make_image, make_library
+from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, loopback_server, make_image, make_library
 
 MiB = 1024 * 1024
 COLOR = {"IMAGE_SEARCH_MODEL": "color"}
@@ -382,13 +382,9 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def upstream():
-    http_server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), HostileHandler)
-    http_server.daemon_threads = True
-    threading.Thread(target=http_server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{http_server.server_address[1]}"
-    HostileHandler.release.set()
-    http_server.shutdown()
-    http_server.server_close()
+    with loopback_server(HostileHandler) as url:
+        yield url
+        HostileHandler.release.set()  # lets stalled handlers finish before the server shuts down
 
 
 @pytest.fixture(scope="module")
