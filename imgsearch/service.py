@@ -121,14 +121,11 @@ class ImageSearchService:
     def _pending(self, stamps: dict[str, tuple[int, int]] | None = None) -> list[tuple[str, tuple[int, int]]]:
         """(name, stamp) of images whose features are missing or older than the file, originals first."""
         stamps = self.library.scan_stamps() if stamps is None else stamps
-        originals, uploads = self.library.split(stamps)
-        pending = []
-        for name in originals + uploads:
-            stamp = stamps[name]
-            feature_set = self.store.set_for(self.library.is_original(name))
-            if feature_set.stamp(name) != stamp and self._unreadable.get(name) != stamp:
-                pending.append((name, stamp))
-        return pending
+        pending = [(name, stamp) for name, stamp in stamps.items()
+                   if self.store.set_for(self.library.is_original(name)).stamp(name) != stamp
+                   and self._unreadable.get(name) != stamp]
+        # Sorting only what is pending, not the whole listing again, keeps status polls cheap at 100k images.
+        return sorted(pending, key=lambda item: (not self.library.is_original(item[0]), item[0]))
 
     def status(self) -> dict:
         stamps = self.library.scan_stamps()
