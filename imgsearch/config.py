@@ -29,7 +29,7 @@ class Settings:
     port: int = _field(5000, "PORT", "Port the server listens on (also `--port`).")
     model: str = _field(
         "resnet50", "IMAGE_SEARCH_MODEL",
-        "Feature engine: `resnet50`, `efficientnet-lite0`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`.",
+        "Feature engine: `resnet50`, `efficientnet-lite0`, `efficientnet-lite1`, `efficientnet-lite2`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`.",
     )
     weights: str = _field(
         "imagenet", "IMAGE_SEARCH_WEIGHTS",
@@ -53,15 +53,15 @@ class Settings:
     )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
-        "`efficientnet-lite0` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",
+        "`efficientnet-lite*` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",
     )
     feature_scales: str = _field(
-        "224", "IMAGE_SEARCH_FEATURE_SCALES",
-        "`efficientnet-lite0` only: comma-separated input sizes whose features are averaged, e.g. `224,288`.",
+        "", "IMAGE_SEARCH_FEATURE_SCALES",
+        "`efficientnet-lite*` only: comma-separated input sizes whose features are averaged, e.g. `160,224`; empty means the network's own size (224 px Lite0, 240 Lite1, 260 Lite2).",
     )
     flip_average: bool = _field(
         False, "IMAGE_SEARCH_FLIP_AVERAGE",
-        "`efficientnet-lite0` only: `1` averages the features of each image and its mirror (twice the extraction time).",
+        "`efficientnet-lite*` only: `1` averages the features of each image and its mirror (twice the extraction time).",
     )
     query_expansion: int = _field(
         0, "IMAGE_SEARCH_QUERY_EXPANSION",

@@ -13,6 +13,8 @@ ENGINES = {
     # name: (dimension, metric, what runs it)
     "resnet50": (2048, "cosine", "onnxruntime"),
     "efficientnet-lite0": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite1": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite2": (1280, "cosine", "onnxruntime"),
     "vgg16": (4096, "euclidean", "onnxruntime"),
     "mobilenetv2": (1280, "cosine", "onnxruntime"),
     "color": (1440, "chi2", "numpy"),

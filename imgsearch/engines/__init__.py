@@ -9,8 +9,10 @@ from .base import Engine, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "vgg16", "mobilenetv2", "color", "custom:<path>")
+ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "mobilenetv2",
+                "color", "custom:<path>")
 OFFLINE_ENGINE = "efficientnet-lite0"
+EFFICIENTNET_LITE_ENGINES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
 _cache: dict[tuple, Engine] = {}
 _cache_lock = threading.Lock()
@@ -22,12 +24,12 @@ def _build(name: str, settings: Settings) -> Engine:
 
         return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None,
                                       precision=settings.precision, runtime=settings.runtime)
-    if name == OFFLINE_ENGINE:
-        from .efficientnet_lite import EfficientNetLite0Engine
+    if name in EFFICIENTNET_LITE_ENGINES:
+        from .efficientnet_lite import EfficientNetLiteEngine
 
-        return EfficientNetLite0Engine(cache_dir=settings.cache_dir, pooling=settings.feature_pooling,
-                                       scales=parse_scales(settings.feature_scales), flip=settings.flip_average,
-                                       runtime=settings.runtime)
+        return EfficientNetLiteEngine(cache_dir=settings.cache_dir, name=name, pooling=settings.feature_pooling,
+                                      scales=parse_scales(settings.feature_scales), flip=settings.flip_average,
+                                      runtime=settings.runtime)
     if name == "color":
         from .color import ColorHistogramEngine
 
