@@ -454,8 +454,9 @@ def same_class_pair_similarities(vectors: np.ndarray, labels: Sequence[str], met
 
 
 class Concatenation:
-    """Several cosine engines' vectors side by side, each L2-normalised first, so each network weighs the
-    same: a candidate feature space measured here before it would become an engine of its own."""
+    """Several cosine engines' vectors side by side, each L2-normalised first so each network weighs the
+    same, then normalised as a whole: a candidate feature space measured here before it would become an
+    engine of its own."""
 
     metric = "cosine"
 
@@ -471,7 +472,8 @@ class Concatenation:
                  transform_name: str = "") -> tuple[np.ndarray, dict]:
         """Each part's `cached_features`, joined; the timing adds the parts' extraction times up."""
         parts = [cached_features(part, paths, cache_dir, batch_size, transform_name) for part in self.parts]
-        vectors = np.hstack([l2_normalize(vectors) for vectors, _ in parts])
+        # Unit parts side by side, then unit length again: the cosine is the mean of the parts' cosines.
+        vectors = l2_normalize(np.hstack([l2_normalize(vectors) for vectors, _ in parts]))
         seconds = sum(timing["seconds"] for _, timing in parts)
         timing = {"images": len(paths), "seconds": round(seconds, 2),
                   "model_seconds": round(sum(timing["model_seconds"] for _, timing in parts), 2),

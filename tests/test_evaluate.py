@@ -306,8 +306,10 @@ def test_concatenation_joins_each_engines_unit_vectors(tmp_path):
     both = Concatenation([MeanColourEngine(), ChannelEngine(1, scale=100.0)])
     assert (both.name, both.dim, both.metric) == ("mean-colour+channel1", 4, "cosine")
     vectors, timing = both.features(paths, None, batch_size=2)
-    np.testing.assert_allclose(np.linalg.norm(vectors[:, :3], axis=1), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(vectors[:, 3], 1.0)  # one dimension, normalised: the scale does not matter
+    # Each part at unit length, scaled so the whole vector is: cosines are the mean of the parts' cosines.
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, :3], axis=1), np.sqrt(0.5), rtol=1e-6)
+    np.testing.assert_allclose(vectors[:, 3], np.sqrt(0.5), rtol=1e-6)  # one dimension: the scale does not matter
     assert timing["images"] == 3 and len(timing["parts"]) == 2
     with pytest.raises(ValueError, match="cosine"):
         Concatenation([MeanColourEngine()])
