@@ -258,14 +258,6 @@ def run_rebuild(args: argparse.Namespace) -> int:
     return 0 if described["consistent"] else 1
 
 
-def evaluated_engine(name: str, settings: Settings) -> Engine | evaluate.Concatenation:
-    """The engine called `name`, or for `a+b` the concatenation of engines a and b."""
-    parts = name.split("+")
-    if len(parts) == 1:
-        return get_engine(name, settings)
-    return evaluate.Concatenation([get_engine(part, settings) for part in parts])
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     for dataset in args.datasets:
@@ -273,7 +265,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     try:
         options = PostProcessing(whiten_dim=args.whiten, strength=args.whiten_strength, power=args.power,
                                  dba_k=args.dba, qe_k=args.qe, alpha=args.alpha, keep_nearest=args.keep_nearest)
-        engines = [evaluated_engine(name, settings) for name in dict.fromkeys(args.engines or [settings.model])]
+        engines = [get_engine(name, settings) for name in dict.fromkeys(args.engines or [settings.model])]
     except (ValueError, WeightsUnavailable) as exc:
         raise CommandError(str(exc)) from None
     cache_dir = None if args.no_cache else Path(args.cache)
@@ -372,8 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "IMAGE_SEARCH_FLIP_AVERAGE).")
     evaluation.add_argument("datasets", nargs="+", metavar="DATASET")
     evaluation.add_argument("--engine", dest="engines", action="append", metavar="NAME",
-                            help=f"engine to compare, repeatable: {', '.join(ENGINE_NAMES)}, or several cosine "
-                                 "engines joined by + for their concatenated features "
+                            help=f"engine to compare, repeatable: {', '.join(ENGINE_NAMES)} "
                                  "(default: IMAGE_SEARCH_MODEL, else resnet50)")
     evaluation.add_argument("--weights", metavar="W", help="Keras engines: imagenet, a weights file, or random")
     evaluation.add_argument("--batch-size", type=positive_int, metavar="N", help="images per model call")

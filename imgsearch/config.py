@@ -29,7 +29,7 @@ class Settings:
     port: int = _field(5000, "PORT", "Port the server listens on (also `--port`).")
     model: str = _field(
         "resnet50", "IMAGE_SEARCH_MODEL",
-        "Feature engine: `resnet50`, `efficientnet-lite0`, `efficientnet-lite1`, `efficientnet-lite2`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`.",
+        "Feature engine: `resnet50`, `efficientnet-lite0`, `efficientnet-lite1`, `efficientnet-lite2`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`; cosine engines joined by `+` (e.g. `efficientnet-lite0+efficientnet-lite1`) put their features side by side.",
     )
     weights: str = _field(
         "imagenet", "IMAGE_SEARCH_WEIGHTS",

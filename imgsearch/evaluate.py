@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from .engines.base import Engine, l2_normalize
+from .engines.concatenated import ConcatenatedEngine, join_features
 from .imaging import ALLOWED_EXTENSIONS, open_image
 from .persist import atomic_write_bytes, atomic_write_with
 from .ranking import similarities
@@ -453,45 +454,23 @@ def same_class_pair_similarities(vectors: np.ndarray, labels: Sequence[str], met
 # ----- one engine on one dataset ---------------------------------------------------------------
 
 
-class Concatenation:
-    """Several cosine engines' vectors side by side, each L2-normalised first so each network weighs the
-    same, then normalised as a whole: a candidate feature space measured here before it would become an
-    engine of its own."""
-
-    metric = "cosine"
-
-    def __init__(self, parts: Sequence[Engine]):
-        if len(parts) < 2 or any(part.metric != "cosine" for part in parts):
-            raise ValueError("a concatenation needs two or more cosine engines")
-        self.parts = tuple(parts)
-        self.name = "+".join(part.name for part in self.parts)
-        self.model_id = "+".join(part.model_id for part in self.parts)
-        self.dim = sum(part.dim for part in self.parts)
-
-    def features(self, paths: Sequence[Path], cache_dir: Path | None, batch_size: int,
-                 transform_name: str = "") -> tuple[np.ndarray, dict]:
-        """Each part's `cached_features`, joined; the timing adds the parts' extraction times up."""
-        parts = [cached_features(part, paths, cache_dir, batch_size, transform_name) for part in self.parts]
-        # Unit parts side by side, then unit length again: the cosine is the mean of the parts' cosines.
-        vectors = l2_normalize(np.hstack([l2_normalize(vectors) for vectors, _ in parts]))
-        seconds = sum(timing["seconds"] for _, timing in parts)
-        timing = {"images": len(paths), "seconds": round(seconds, 2),
-                  "model_seconds": round(sum(timing["model_seconds"] for _, timing in parts), 2),
-                  "images_per_second": round(len(paths) / seconds, 1) if seconds else None,
-                  "from_cache": all(timing["from_cache"] for _, timing in parts),
-                  "parts": [timing for _, timing in parts]}
-        return vectors, timing
-
-
-def features_of(engine: Engine | Concatenation, paths: Sequence[Path], cache_dir: Path | None, batch_size: int,
+def features_of(engine: Engine, paths: Sequence[Path], cache_dir: Path | None, batch_size: int,
                 transform_name: str = "") -> tuple[np.ndarray, dict]:
-    if isinstance(engine, Concatenation):
-        return engine.features(paths, cache_dir, batch_size, transform_name)
-    return cached_features(engine, paths, cache_dir, batch_size, transform_name)
+    """`cached_features`; for a concatenated engine, its parts' cached features joined as the engine joins
+    them, so every pairing of networks already measured alone costs no extraction."""
+    if not isinstance(engine, ConcatenatedEngine):
+        return cached_features(engine, paths, cache_dir, batch_size, transform_name)
+    parts = [cached_features(part, paths, cache_dir, batch_size, transform_name) for part in engine.parts]
+    seconds = sum(timing["seconds"] for _, timing in parts)
+    timing = {"images": len(paths), "seconds": round(seconds, 2),
+              "model_seconds": round(sum(timing["model_seconds"] for _, timing in parts), 2),
+              "images_per_second": round(len(paths) / seconds, 1) if seconds else None,
+              "from_cache": all(timing["from_cache"] for _, timing in parts), "parts": [timing for _, timing in parts]}
+    return join_features([vectors for vectors, _ in parts]), timing
 
 
 
-def evaluate_dataset(engine: Engine | Concatenation, dataset: str | Path, options: PostProcessing = PostProcessing(),
+def evaluate_dataset(engine: Engine, dataset: str | Path, options: PostProcessing = PostProcessing(),
                      robustness: int = DEFAULT_ROBUSTNESS_SAMPLE, seed: int = DEFAULT_SEED,
                      cache_dir: Path | None = None, batch_size: int = 32, per_class: int = 0, progress=print) -> dict:
     """Everything `evaluate` reports for one engine on one labelled folder.
@@ -541,7 +520,7 @@ def evaluate_dataset(engine: Engine | Concatenation, dataset: str | Path, option
     return result
 
 
-def _robustness(engine: Engine | Concatenation, paths: Sequence[Path], vectors: np.ndarray, retrieval: Retrieval | None,
+def _robustness(engine: Engine, paths: Sequence[Path], vectors: np.ndarray, retrieval: Retrieval | None,
                 size: int, seed: int, cache_dir: Path | None, batch_size: int,
                 progress) -> tuple[dict, dict[str, np.ndarray]]:
     """Recall@1 per transform, and per transform the engine-metric similarity of each original to its copy."""

@@ -15,6 +15,7 @@ ENGINES = {
     "efficientnet-lite0": (1280, "cosine", "onnxruntime"),
     "efficientnet-lite1": (1280, "cosine", "onnxruntime"),
     "efficientnet-lite2": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite0+efficientnet-lite1": (2560, "cosine", "onnxruntime"),
     "vgg16": (4096, "euclidean", "onnxruntime"),
     "mobilenetv2": (1280, "cosine", "onnxruntime"),
     "color": (1440, "chi2", "numpy"),

@@ -8,16 +8,17 @@ import pytest
 from PIL import Image
 
 from imgsearch.engines.base import Engine
+from imgsearch.engines.concatenated import ConcatenatedEngine
 from imgsearch.evaluate import (
     KNOWN_TRANSFORMS,
     TRANSFORMS,
     WIDER_TRANSFORMS,
-    Concatenation,
     cached_features,
     class_subset,
     duplicate_threshold_study,
     evaluate_dataset,
     evaluate_engine,
+    features_of,
     leave_one_out_metrics,
     model_throughput,
     near_duplicate_ranks,
@@ -299,20 +300,25 @@ class ChannelEngine(MeanColourEngine):
         return self.scale * batch[..., self.channel].reshape(len(batch), -1).mean(axis=1, keepdims=True)
 
 
-def test_concatenation_joins_each_engines_unit_vectors(tmp_path):
+def test_concatenated_engine_joins_each_parts_unit_vectors(tmp_path):
     for i, colour in enumerate([(250, 10, 10), (10, 250, 10), (240, 20, 10)]):
         _write_image(tmp_path / "x" / f"{i}.png", colour)
     paths, _ = read_labelled_folder(tmp_path)
-    both = Concatenation([MeanColourEngine(), ChannelEngine(1, scale=100.0)])
+    both = ConcatenatedEngine([MeanColourEngine(), ChannelEngine(1, scale=100.0)])
     assert (both.name, both.dim, both.metric) == ("mean-colour+channel1", 4, "cosine")
-    vectors, timing = both.features(paths, None, batch_size=2)
+    assert both.model_id == "mean-colour+channel1-none+none-cosine"
+    vectors = both.extract(np.stack([both.prepare(Image.open(path).convert("RGB")) for path in paths]))
     # Each part at unit length, scaled so the whole vector is: cosines are the mean of the parts' cosines.
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(vectors[:, :3], axis=1), np.sqrt(0.5), rtol=1e-6)
     np.testing.assert_allclose(vectors[:, 3], np.sqrt(0.5), rtol=1e-6)  # one dimension: the scale does not matter
+    # evaluate joins the parts' own cached features, and gets what the engine computes.
+    joined, timing = features_of(both, paths, tmp_path / "cache", batch_size=2)
+    np.testing.assert_allclose(joined, vectors, atol=1e-6)
     assert timing["images"] == 3 and len(timing["parts"]) == 2
+    assert cached_features(MeanColourEngine(), paths, tmp_path / "cache")[1]["from_cache"]
     with pytest.raises(ValueError, match="cosine"):
-        Concatenation([MeanColourEngine()])
+        ConcatenatedEngine([MeanColourEngine()])
 
 
 def _toy_colour_set(root):
@@ -368,7 +374,7 @@ def test_evaluate_command_measures_small_libraries_and_concatenations(tmp_path, 
     assert code == 0
     (run,) = json.loads((out / "evaluation.json").read_text())["runs"]
     assert run["images"] == 4 and run["dataset"] == "toy (2 per class)"
-    # `color` ranks by chi-squared, so it cannot be concatenated as a unit vector.
+    # `color` ranks by chi-squared, so it cannot be joined as a unit vector.
     assert main(["evaluate", str(tmp_path / "toy"), "--engine", "color+color", "--out", str(out), "--no-cache"]) == 2
     assert "cosine" in capsys.readouterr().err
 

@@ -10,7 +10,7 @@ from .base import Engine, WeightsUnavailable
 log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "mobilenetv2",
-                "color", "custom:<path>")
+                "color", "custom:<path>", "<engine>+<engine> (cosine engines side by side)")
 OFFLINE_ENGINE = "efficientnet-lite0"
 EFFICIENTNET_LITE_ENGINES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
 
@@ -19,6 +19,10 @@ _cache_lock = threading.Lock()
 
 
 def _build(name: str, settings: Settings) -> Engine:
+    if "+" in name:
+        from .concatenated import ConcatenatedEngine
+
+        return ConcatenatedEngine([_build(part, settings) for part in name.split("+")])
     if name in ("resnet50", "vgg16", "mobilenetv2"):
         from .keras_cnn import KerasApplicationEngine
 
