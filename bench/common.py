@@ -291,13 +291,14 @@ def model_id_and_dim(model: str) -> tuple[str, int]:
 
 
 def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> dict:
-    """A data folder whose user store already holds `count` vectors, for the app and for the seed-style app.
+    """A data folder whose catalogue already holds `count` user images with vectors, for the app and for
+    the seed-style app.
 
     Each vector gets a tiny real JPEG file so the app's startup check finds every image present and
-    unchanged. The app's store gets the normalised vectors (`features/<model_id>/uploads.npz`); the
-    seed-style app gets the same vectors raw, as `features.npy` and `filenames.npy`.
+    unchanged. The app's catalogue (`catalogue.db`) gets the normalised vectors; the seed-style app gets
+    the same vectors raw, as `features.npy` and `filenames.npy`.
     """
-    from imgsearch.store import FeatureSet
+    from imgsearch.catalogue import Catalogue, ImageRecord, database_url
 
     model_id, dim = model_id_and_dim(model)
     images = data_dir / "images"
@@ -314,7 +315,13 @@ def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> di
     vectors = synthetic_vectors(count, dim, seed)
     np.save(data_dir / "features.npy", vectors)
     np.save(data_dir / "filenames.npy", np.array(names))
-    feature_set = FeatureSet(data_dir / "features" / model_id / "uploads.npz", model_id, dim)
-    feature_set.add(names, normalise_rows_in_place(vectors), stamps)
-    feature_set.save()
+    normalise_rows_in_place(vectors)
+    catalogue = Catalogue(database_url("", data_dir)).open()
+    chunk = 8192
+    for start in range(0, count, chunk):
+        end = start + chunk
+        with catalogue.write() as write:
+            write.put_records(ImageRecord(name, False, *stamp) for name, stamp in zip(names[start:end], stamps[start:end]))
+            write.put_vectors(model_id, names[start:end], vectors[start:end], stamps[start:end])
+    catalogue.close()
     return {"model_id": model_id, "dim": dim, "count": count, "matrix_bytes": count * dim * 4}

@@ -69,7 +69,20 @@ class Settings:
     )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",
-        "Folder holding `images/`, `uploads/`, `thumbnails/` and `features/`.",
+        "Folder holding `images/`, `uploads/`, `thumbnails/`, `features/` and the SQLite catalogue.",
+    )
+    database: str = _field(
+        "", "IMAGE_SEARCH_DATABASE",
+        "The library catalogue: empty means the SQLite file `catalogue.db` in the data folder; "
+        "`postgresql://user:password@host:5432/dbname` shares one library between several app processes.",
+    )
+    watch_folder: bool = _field(
+        True, "IMAGE_SEARCH_WATCH",
+        "`1` notices images copied into or removed from `images/` by hand as they happen; `0` relies on the rescan.",
+    )
+    rescan_seconds: float = _field(
+        300.0, "IMAGE_SEARCH_RESCAN_SECONDS",
+        "Seconds between rescans of `images/` for changes the watcher cannot see (network file systems); `0` is off.",
     )
     cache_dir: Path = _field(
         Path.home() / ".cache" / "image-search", "IMAGE_SEARCH_CACHE_DIR",

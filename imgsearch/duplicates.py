@@ -54,6 +54,7 @@ def _edges(snapshots: tuple[Snapshot, ...], metric: str, threshold: float) -> li
 def find_duplicate_groups(snapshots: tuple[Snapshot, ...], metric: str, threshold: float,
                           is_original=lambda name: False) -> list[DuplicateGroup]:
     """Groups of two or more images, largest and closest first. Originals are listed first in a group."""
+    snapshots = tuple(_without_deleted(snapshot) for snapshot in snapshots)
     edges = _edges(snapshots, metric, threshold)
     names = [name for snapshot in snapshots for name in snapshot.names]
     parent = list(range(len(names)))
@@ -81,3 +82,11 @@ def find_duplicate_groups(snapshots: tuple[Snapshot, ...], metric: str, threshol
     ]
     groups.sort(key=lambda g: (-len(g.members), -g.best_similarity, g.members[0]))
     return groups
+
+
+def _without_deleted(snapshot: Snapshot) -> Snapshot:
+    """The snapshot's live rows only (a copy when some rows are deleted; the scan itself costs far more)."""
+    if not len(snapshot.dead):
+        return snapshot
+    rows = snapshot.live_rows()
+    return Snapshot(snapshot.matrix[rows], tuple(snapshot.names[row] for row in rows), snapshot.sq_norms[rows])

@@ -1,6 +1,9 @@
 """Bytes or files in, RGB images out: the format allowlist, the pixel cap, EXIF orientation; thumbnails."""
 from __future__ import annotations
 
+import dataclasses
+import datetime
+import hashlib
 import io
 import os
 import warnings
@@ -15,6 +18,8 @@ from .persist import atomic_write_bytes
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 ALLOWED_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
 EXTENSION_FOR_FORMAT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+EXIF_IFD = 0x8769
+EXIF_DATE_TIME_ORIGINAL = 36867
 THUMBNAIL_SIZE = 200
 THUMBNAIL_QUALITY = 75
 
@@ -132,3 +137,33 @@ def write_thumbnail(source: Path, destination: Path) -> None:
     buffer = io.BytesIO()
     image.save(buffer, "JPEG", quality=THUMBNAIL_QUALITY, optimize=True)
     atomic_write_bytes(destination, buffer.getvalue())
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDetails:
+    """What reading an image file tells about it, beyond its pixels."""
+
+    sha256: str
+    taken_at: str | None  # "YYYY-MM-DDTHH:MM:SS" as the camera recorded it, else the file's local time
+    media_type: str       # the real format's extension: jpg, png, gif, bmp, webp
+
+
+def file_details(data: bytes, extension: str, mtime: float | None = None) -> FileDetails:
+    """The content hash, the date taken (EXIF DateTimeOriginal, else `mtime`) and the format of image bytes."""
+    taken = _exif_date_taken(data)
+    if taken is None and mtime is not None:
+        taken = datetime.datetime.fromtimestamp(mtime).isoformat(timespec="seconds")
+    return FileDetails(hashlib.sha256(data).hexdigest(), taken, extension)
+
+
+def _exif_date_taken(data: bytes) -> str | None:
+    """DateTimeOriginal from the EXIF block, read from the header alone (no pixels are decoded)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as image:
+            value = image.getexif().get_ifd(EXIF_IFD).get(EXIF_DATE_TIME_ORIGINAL)
+        if not isinstance(value, str):
+            return None
+        taken = datetime.datetime.strptime(value.strip("\x00 "), "%Y:%m:%d %H:%M:%S")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return None
+    return taken.isoformat(timespec="seconds")

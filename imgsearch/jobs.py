@@ -16,8 +16,9 @@ Progress = Callable[[int, int, "str | None", "str | None"], None]
 
 
 class Job:
-    def __init__(self, work: Callable[[Progress], dict]):
+    def __init__(self, work: Callable[[Progress], dict], generation: int = 0):
         self._work = work
+        self.generation = generation  # jobs are numbered in the order they start
         self._changed = threading.Condition()
         self._version = 0
         self.current = 0
@@ -84,13 +85,15 @@ class JobRunner:
     def __init__(self):
         self._lock = threading.Lock()
         self.last: Job | None = None
+        self.generation = 0  # the number of the last job started
 
     def start(self, work: Callable[[Progress], dict]) -> Job:
         """Start `work` unless a job is already running; either way return the running job."""
         with self._lock:
             if self.last is not None and self.last.running:
                 return self.last
-            job = Job(work)
+            self.generation += 1
+            job = Job(work, self.generation)
             self.last = job
             job.thread.start()
             return job

@@ -1,7 +1,6 @@
 """The image files: which exist, which are originals, saving uploads without overwriting, thumbnails."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import tempfile
@@ -91,9 +90,8 @@ class Library:
         info = self.path_of(name).stat()
         return info.st_size, info.st_mtime_ns
 
-    def save_upload(self, data: bytes, client_name: str, extension: str) -> str:
-        """Store already-validated image bytes under a fresh, safe name; never overwrites anything."""
-        stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
+    def stage_upload(self, data: bytes) -> Path:
+        """Write upload bytes to the staging folder and sync them; `link_upload` then gives them a name."""
         fd, staged = tempfile.mkstemp(prefix=".upload-", dir=self.staging_dir)
         os.fchmod(fd, FILE_MODE)
         try:
@@ -101,21 +99,26 @@ class Library:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            for attempt in range(10_000):
-                name = f"{stem}.{extension}" if attempt == 0 else f"{stem}_{attempt}.{extension}"
-                if name in self.original_names:
-                    continue
-                try:
-                    # link() fails if the name exists, so two uploads can never take the same name.
-                    os.link(staged, self.images_dir / name)
-                except FileExistsError:
-                    continue
-                fsync_dir(self.images_dir)
-                return name
-            raise RuntimeError(f"No free filename for {stem}")
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(staged)
+        except BaseException:
+            Path(staged).unlink(missing_ok=True)
+            raise
+        return Path(staged)
+
+    def link_upload(self, staged: Path, client_name: str, extension: str) -> str:
+        """Give a staged upload a fresh, safe name in `images/`; never overwrites anything."""
+        stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
+        for attempt in range(10_000):
+            name = f"{stem}.{extension}" if attempt == 0 else f"{stem}_{attempt}.{extension}"
+            if name in self.original_names:
+                continue
+            try:
+                # link() fails if the name exists, so two uploads can never take the same name.
+                os.link(staged, self.images_dir / name)
+            except FileExistsError:
+                continue
+            fsync_dir(self.images_dir)
+            return name
+        raise RuntimeError(f"No free filename for {stem}")
 
     def delete(self, name: str) -> None:
         # The image goes first, so a thumbnail being made meanwhile finds it gone and removes itself.

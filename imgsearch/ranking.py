@@ -50,6 +50,8 @@ def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: 
         if n == 0:
             continue
         scores = similarities(snapshot, queries, metric)
+        if len(snapshot.dead):
+            scores[:, snapshot.dead] = -np.inf  # deleted images
         if wanted < n:
             rows = np.argpartition(scores, n - wanted, axis=1)[:, n - wanted:]
         else:
@@ -61,6 +63,6 @@ def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: 
                 for number, names, rows, scores in candidates
                 for row, score in zip(rows[q], scores[q])]
         pool.sort()
-        hits = [(name, -negative) for negative, _, _, name in pool if name not in exclude]
+        hits = [(name, -negative) for negative, _, _, name in pool if name is not None and name not in exclude]
         results.append(hits[:k])
     return results

@@ -80,17 +80,31 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def settings(data_dir, cache_dir) -> Settings:
-    return Settings(data_dir=data_dir, cache_dir=cache_dir, model="efficientnet-lite0", batch_size=4)
+    """In-process apps do not watch their folder: a test says when files are synced (the watcher has its own tests)."""
+    return Settings(data_dir=data_dir, cache_dir=cache_dir, model="efficientnet-lite0", batch_size=4,
+                    watch_folder=False, rescan_seconds=0)
+
+
+_open_services: list[ImageSearchService] = []
 
 
 def build_app(settings: Settings, wait: bool = True):
     engine = get_engine(settings.model, settings)
     service = ImageSearchService(settings, engine).open()
+    _open_services.append(service)
     if wait and service.startup_job is not None:
         service.startup_job.thread.join()
     app = create_app(settings, service=service)
     app.config["TESTING"] = True
     return app
+
+
+@pytest.fixture(autouse=True)
+def close_services():
+    """Services built in a test stop their watcher and follower threads and let their database go after it."""
+    yield
+    while _open_services:
+        _open_services.pop().close()
 
 
 @pytest.fixture

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 from PIL import Image
 
 from conftest import PROJECT_DIR, LiveServer, make_library
@@ -44,19 +44,28 @@ def server(tmp_path_factory, cache_dir):
     originals = {name: photo_bytes(name) for name in (PHOTO, *OTHER_ORIGINALS)}
     data_dir = make_library(tmp_path_factory.mktemp("duplicates-library"), originals, USER_COPIES)
     live = LiveServer(data_dir, cache_dir=cache_dir, env={"IMAGE_SEARCH_MODEL": "efficientnet-lite0"}).start()
+    live.data_dir = data_dir
     yield live
     live.stop()
 
 
 @pytest.fixture
 def library(server):
-    """Puts back any user copy an earlier test deleted, so each test starts from the same library."""
-    present = set(api_images(server)["images"])
-    for name, data in USER_COPIES.items():
-        if name not in present:
-            response = requests.post(f"{server.url}/api/upload-image", files={"file": (name, data, "image/jpeg")},
-                                     timeout=60)
-            assert response.json()["filename"] == name, response.text
+    """Puts back any user copy an earlier test deleted, so each test starts from the same library.
+
+    They are copied in by hand (an upload of the exact copy would be recognised as the original's bytes
+    and not stored again), and the app's folder watcher indexes them.
+    """
+    missing = set(USER_COPIES) - set(api_images(server)["images"])
+    for name in missing:
+        (server.data_dir / "images" / name).write_bytes(USER_COPIES[name])
+    deadline = time.monotonic() + 60
+    while missing:
+        listing = api_images(server)
+        if missing <= set(listing["images"]) and not missing & set(listing["pending"]):
+            break
+        assert time.monotonic() < deadline, f"the watcher did not index {sorted(missing)}"
+        time.sleep(0.2)
     return server
 
 

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import build_app, make_image
+from imgsearch.catalogue import model_dimensions
 
 ENGINES = {
     # name: (dimension, metric, what runs it)
@@ -85,10 +86,10 @@ def test_engine_serves_the_whole_flow(name, settings, custom_model, data_dir):
 
 
 def test_vgg16_can_rank_by_cosine_in_its_own_store(settings, data_dir):
-    client = build_app(dataclasses.replace(settings, model="vgg16", weights="random", metric="cosine")).test_client()
-    assert client.get("/api/status").get_json()["metric"] == "cosine"
-    stores = sorted(p.name for p in (data_dir / "features").iterdir())
-    assert stores == ["vgg16-random-cosine"]
+    app = build_app(dataclasses.replace(settings, model="vgg16", weights="random", metric="cosine"))
+    assert app.test_client().get("/api/status").get_json()["metric"] == "cosine"
+    with app.extensions["image_search"].catalogue.reading() as conn:
+        assert model_dimensions(conn) == {"vgg16-random-cosine": 4096}
 
 
 def test_colour_engine_ranks_by_colour(settings):

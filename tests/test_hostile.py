@@ -75,9 +75,12 @@ def server(data_dir):
 
 
 def disk_state(data_dir: Path) -> dict[str, str]:
-    """Every file of the data folder and its parent that a request could create, change or delete."""
+    """Every file of the data folder and its parent that a request could create, change or delete.
+
+    The app's own state (the catalogue database, index checkpoints) is left out: it changes with every write.
+    """
     files = [p for p in data_dir.parent.rglob("*") if p.is_file() and p.name != "server.log"
-             and "features" not in p.relative_to(data_dir.parent).parts]
+             and not p.name.startswith("catalogue.db") and "features" not in p.relative_to(data_dir.parent).parts]
     return {str(p.relative_to(data_dir.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 

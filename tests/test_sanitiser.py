@@ -1,4 +1,4 @@
-"""Property tests for filename handling: `Library.save_upload` and the name checks of `Library.path_of`.
+"""Property tests for filename handling: `Library.link_upload` and the name checks of `Library.path_of`.
 
 Whatever name a client sends, the stored name is a plain, fresh file name inside images/ that keeps the
 image's real format as its extension; whatever name a request asks for, the only paths ever returned are
@@ -50,10 +50,19 @@ def library(tmp_path_factory) -> Library:
     return Library(root / "images", root / "thumbnails", root / "uploads", root / "manifest.txt")
 
 
+def save_upload(library: Library, client_name: str, extension: str) -> str:
+    """What the app does with an upload's bytes: stage and sync them, then link them in under a fresh name."""
+    staged = library.stage_upload(DATA)
+    try:
+        return library.link_upload(staged, client_name, extension)
+    finally:
+        staged.unlink()
+
+
 @PROPERTY_SETTINGS
 @given(client_name=NAMES, extension=st.sampled_from(EXTENSIONS))
 def test_stored_name_is_a_fresh_plain_name_inside_images(library, client_name, extension):
-    name = library.save_upload(DATA, client_name, extension)
+    name = save_upload(library, client_name, extension)
 
     assert name == os.path.basename(name) and not os.path.isabs(name)
     assert "/" not in name and "\\" not in name and "\x00" not in name
@@ -96,5 +105,5 @@ def test_path_of_finds_files_inside_and_nothing_else(library):
 
 
 def test_many_uploads_of_one_name_never_share_a_name(library):
-    names = [library.save_upload(DATA, "../same.png", "png") for _ in range(20)]
+    names = [save_upload(library, "../same.png", "png") for _ in range(20)]
     assert len(set(names)) == 20 and all(Path(library.images_dir / n).is_file() for n in names)

@@ -12,8 +12,9 @@ from ..store import FeatureStore
 class VectorIndex(abc.ABC):
     """An index over the vectors of one feature store.
 
-    The feature store is the source of truth; an index can always be rebuilt from it. Callers hold the
-    store's lock around add, remove and rebuild, so an index never sees two writers at once.
+    The feature store (the in-memory mirror of the catalogue) is what an index can always be rebuilt from.
+    Only `space.FeatureSpace` calls add, remove and rebuild, under the catalogue's write lock, so an index
+    never sees two writers at once; it is given the file stamps each vector was computed from.
     """
 
     name = ""
@@ -26,7 +27,7 @@ class VectorIndex(abc.ABC):
     def rebuild(self) -> None: ...
 
     @abc.abstractmethod
-    def add(self, names: Sequence[str], vectors: np.ndarray) -> None: ...
+    def add(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None: ...
 
     @abc.abstractmethod
     def remove(self, names: Sequence[str]) -> None: ...

@@ -20,7 +20,7 @@ class ExactIndex(VectorIndex):
     def rebuild(self) -> None:
         pass
 
-    def add(self, names: Sequence[str], vectors: np.ndarray) -> None:
+    def add(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         pass
 
     def remove(self, names: Sequence[str]) -> None:

@@ -107,8 +107,9 @@ def upload_image():
     for storage in files:
         data = storage.stream.read(max_bytes + 1)
         try:
-            name = service().add_image(data, storage.filename or "")
-            uploaded.append({"filename": name, "original_name": storage.filename})
+            added = service().add_image(data, storage.filename or "")
+            uploaded.append({"filename": added.filename, "original_name": storage.filename,
+                             "already_in_library": added.already_in_library})
         except RequestError as exc:
             if len(files) == 1:
                 raise
@@ -116,7 +117,8 @@ def upload_image():
     if not uploaded:
         first = failed[0]
         return jsonify({"error": first["error"], "failed": failed}), first["status"]
-    return jsonify({"success": True, "filename": uploaded[0]["filename"], "uploaded": uploaded, "failed": failed})
+    return jsonify({"success": True, "filename": uploaded[0]["filename"],
+                    "already_in_library": uploaded[0]["already_in_library"], "uploaded": uploaded, "failed": failed})
 
 
 @blueprint.delete("/delete-image/<path:filename>")
@@ -148,7 +150,7 @@ def _event_stream_of(states) -> Response:
 
 @blueprint.post("/generate-features")
 def generate_features():
-    return _event_stream(service().generate_features())
+    return _event_stream(service().generate_features(retry_unreadable=True))
 
 
 @blueprint.get("/generate-features")
@@ -209,5 +211,7 @@ def _outcome_json(outcome: SearchOutcome) -> dict:
     if outcome.query_filename:
         query["filename"] = outcome.query_filename
         query["image_url"] = url_for("images.image", filename=outcome.query_filename)
+    if outcome.query_type != "filename" and outcome.query_filename:
+        query["already_in_library"] = outcome.already_in_library
     return {"results": [_hit_json(hit) for hit in outcome.hits], "query": query,
             "model": outcome.engine.name, "metric": outcome.engine.metric}

@@ -11,12 +11,15 @@ import { toastError } from "./toast.js";
 
 const STARTUP_POLL_MS = 1500;
 const RECONNECT_MS = 5000;
+// Files copied in by hand, and other processes' uploads and deletes, show up without a reload.
+const FOLLOW_MS = 3000;
 const byId = (id) => document.getElementById(id);
 
 let refreshInFlight = null;
 let refreshAgain = false;
 let pollTimer = null;
 let serverWasDown = false;
+let libraryVersion = null;
 
 function statusItem(text, className = "") {
   return el("span", { class: `status-item ${className}`.trim() }, ...text);
@@ -63,6 +66,7 @@ async function refresh() {
       try {
         const [status, images] = await Promise.all([getStatus(), listImages()]);
         serverWasDown = false;
+        libraryVersion = status.library_version;
         renderStatus(status);
         gallery.setData(images);
         searchView.setLibrary(images);
@@ -112,4 +116,17 @@ document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "visible") refresh();
 });
 
+async function follow() {
+  if (document.visibilityState !== "visible" || refreshInFlight || serverWasDown) return;
+  try {
+    const status = await getStatus();
+    const jobToFollow = status.job?.running && !featureJob.running;
+    if (status.library_version !== libraryVersion || jobToFollow) await refresh();
+    else renderStatus(status);
+  } catch {
+    // The next refresh reports an unreachable server.
+  }
+}
+
 refresh();
+setInterval(follow, FOLLOW_MS);
