@@ -35,6 +35,11 @@ DATA_PATH = Path(__file__).resolve().parent / "data" / "vocabulary.json"
 SUGGESTIONS = 5
 # difflib's similarity ratio a suggestion needs: 0.6 is its default, and keeps "elefant" -> "elephant".
 SUGGESTION_CUTOFF = 0.6
+# Comparing one spelling with all 3,247 words takes 10-30 ms here, so a refused query compares at most
+# this many: the phrase, then its first words and their singular forms.
+SUGGESTION_CANDIDATES = 4
+# The longest vocabulary word is 5 words; a query is a few of them, and longer text is refused unread.
+MAX_QUERY_CHARS = 200
 STOP_WORDS = frozenset(
     "a an the of on in at by with without and near under over from to for some any my our your their its "
     "is are this that these those".split()
@@ -149,7 +154,12 @@ class Vocabulary:
         return self._class_by_tag[name]
 
     def match(self, query: str) -> TextMatch:
-        """The terms of a text query; raises NoVocabularyMatch when no word of it is in the vocabulary."""
+        """The terms of a text query; raises NoVocabularyMatch when no word of it is in the vocabulary.
+
+        Raises RequestError (400) for a query longer than MAX_QUERY_CHARS.
+        """
+        if len(query) > MAX_QUERY_CHARS:
+            raise RequestError(f"A text query is at most {MAX_QUERY_CHARS} characters.")
         tokens = normalise(query).split()
         terms: list[Term] = []
         unmatched: list[str] = []
@@ -201,7 +211,7 @@ class Vocabulary:
         words = [token for token in normalise(query).split() if token not in STOP_WORDS | OR_WORDS]
         candidates = dict.fromkeys([" ".join(words)] + [form for word in words for form in self._singulars(word)])
         best: dict[str, float] = {}
-        for candidate in candidates:
+        for candidate in list(candidates)[:SUGGESTION_CANDIDATES]:
             matcher = difflib.SequenceMatcher(b=candidate)
             for key in difflib.get_close_matches(candidate, self._display, n=count, cutoff=SUGGESTION_CUTOFF):
                 matcher.set_seq1(key)

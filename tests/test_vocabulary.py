@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imgsearch.vocabulary import DATA_PATH, NoVocabularyMatch, load
+from imgsearch.errors import RequestError
+from imgsearch.vocabulary import DATA_PATH, MAX_QUERY_CHARS, NoVocabularyMatch, load
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 WORDNET_DIR = Path("/usr/share/wordnet")
@@ -92,6 +93,13 @@ def test_no_vocabulary_word_is_refused_with_the_closest_words(vocabulary):
     with pytest.raises(NoVocabularyMatch) as refused:
         vocabulary.match("the of")
     assert refused.value.suggestions == []
+
+
+def test_overlong_text_is_refused_unread(vocabulary):
+    assert vocabulary.match("dog " * (MAX_QUERY_CHARS // 4)).terms
+    with pytest.raises(RequestError) as refused:
+        vocabulary.match("dog " * (MAX_QUERY_CHARS // 4 + 1))
+    assert refused.value.status == 400 and not isinstance(refused.value, NoVocabularyMatch)
 
 
 def test_classes_that_share_a_word_get_distinct_tag_names(vocabulary):
