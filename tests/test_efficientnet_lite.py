@@ -15,7 +15,9 @@ from imgsearch.engines.efficientnet_lite import (  # noqa: E402
     checkpoint_path,
     convert_state_dict,
 )
+from imgsearch.tagging import rank_by_text, top_tags  # noqa: E402
 from imgsearch.torch_checkpoint import load_legacy_state_dict  # noqa: E402
+from imgsearch.vocabulary import load as load_vocabulary  # noqa: E402
 
 # Sample photos bundled in the scikit-image wheel, with the ImageNet classes they must come out as.
 EXPECTED_CLASSES = {
@@ -57,6 +59,15 @@ def test_sample_photos_get_their_imagenet_classes(engine, photos):
     for (name, expected), row in zip(EXPECTED_CLASSES.items(), probabilities):
         assert int(row.argmax()) in expected, f"{name}: top class {row.argmax()} (p={row.max():.3f})"
     assert probabilities[list(photos).index("coffee"), 967] > 0.8
+
+
+def test_words_find_the_sample_photos_through_their_tags(engine, photos):
+    """The classifier's kept tags and the vocabulary's hypernyms: a general word puts its photo first."""
+    classes, probabilities = top_tags(engine.classify(np.stack(list(photos.values()))))
+    vocabulary = load_vocabulary()
+    for word, photo in (("cats", "chelsea"), ("coffee", "coffee"), ("motor vehicle", "motorcycle_left")):
+        ranked = rank_by_text(vocabulary.match(word), classes, probabilities)
+        assert ranked and ranked[0][0] == list(photos).index(photo), f"{word}: {ranked}"
 
 
 def test_features_are_unit_length_1280_d_and_semantic(engine, photos):
