@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from imgsearch.catalogue import CatalogueError
 from imgsearch.config import Settings
 from imgsearch.web import LOOPBACK_NAMES, create_app
 
@@ -22,7 +23,11 @@ def main(argv: list[str] | None = None) -> None:
     if settings.host not in LOOPBACK_NAMES and not settings.token:
         log.warning("Binding to %s without IMAGE_SEARCH_TOKEN: anyone who can reach this address can upload "
                     "and delete images. Set IMAGE_SEARCH_TOKEN to require a token.", settings.host)
-    app = create_app(settings)
+    try:
+        app = create_app(settings)
+    except CatalogueError as exc:
+        log.error("%s", exc)
+        raise SystemExit(1) from None
     log.info("Serving on http://%s:%d", settings.host, settings.port)
     if args.dev:
         app.run(host=settings.host, port=settings.port, threaded=True)

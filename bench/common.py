@@ -5,11 +5,14 @@ import datetime
 import io
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -250,6 +253,57 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def postgres_binaries() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl), or None when not installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on a free loopback port, its data in a temporary folder.
+
+    The server refuses to run as root, so under root it runs as `nobody`. It trusts local connections and
+    does not sync its files: it is for tests and benchmarks, where the app's processes are what get killed.
+    """
+
+    def __init__(self, binaries: Path, user: str = "nobody"):
+        self.binaries = binaries
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="imgsearch-postgres-"))
+        self.data = self.root / "data"
+        self.run_as = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
+        if self.run_as:
+            shutil.chown(self.root, user)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.run_as, str(self.binaries / program), *args], check=True, capture_output=True,
+                       cwd=self.root, timeout=120)
+
+    def start(self) -> "PostgresServer":
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        return self
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        import psycopg
+
+        name = f"imgsearch_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url + "/postgres", autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"{self.url}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
 
 
 def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, threads: int | None = None,

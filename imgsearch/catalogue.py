@@ -137,8 +137,9 @@ def database_url(setting: str, data_dir: Path) -> str:
 
 
 def describe_url(url: str) -> str:
-    """The URL without its password, for logs and the status page."""
-    return make_url(url).render_as_string(hide_password=True)
+    """The URL as the user wrote it, without its password, for messages and the status page."""
+    parsed = make_url(url)
+    return parsed.set(drivername=parsed.get_backend_name()).render_as_string(hide_password=True)
 
 
 def _make_engine(url: str) -> sa.Engine:

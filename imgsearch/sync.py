@@ -131,22 +131,22 @@ def sync(catalogue: Catalogue, space: FeatureSpace, source: FileSource, *, batch
     batches = extract_files(space.engine, pending, source.path_of, batch_size, workers, max_pixels, transform)
     for batch in batches:
         with catalogue.write() as write:
-            rows = write.current(batch.names + [name for name, _ in batch.failures])
+            names = batch.names + [name for name, _ in batch.failures]
+            rows = write.current(names)
+            now = {name: current_stamp(source, name) for name in names}
             stored, details = [], []
             for row, (name, read) in enumerate(zip(batch.names, batch.reads)):
                 record = rows.get(name)
-                if record is not None and read.stamp == record.stamp == current_stamp(source, name):
+                if record is not None and read.stamp == record.stamp == now[name]:
                     stored.append(row)
                     details.append(record.with_details(read.details))
             space.put(write, [batch.names[row] for row in stored], batch.vectors[stored],
                       [batch.reads[row].stamp for row in stored])
-            unreadable = []
-            for name, reason in batch.failures:
-                record = rows.get(name)
-                if record is not None and current_stamp(source, name) == record.stamp:
-                    unreadable.append(dataclasses.replace(record, error=reason))
+            unreadable = [dataclasses.replace(rows[name], error=reason) for name, reason in batch.failures
+                          if name in rows and now[name] == rows[name].stamp]
             write.put_records(details + unreadable)
             space.drop(write, [record.name for record in unreadable if record.name in space.store])
+            write.remove([name for name in names if name in rows and now[name] is None])  # deleted meanwhile
         report.computed += len(stored)
         report.model_seconds += batch.model_seconds
         done += len(batch.names)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bench.common import ServerProcess
+from bench.common import PostgresServer, ServerProcess, postgres_binaries
 from imgsearch.config import Settings
 from imgsearch.engines import get_engine
 from imgsearch.service import ImageSearchService
@@ -120,12 +120,13 @@ def client(app):
 class LiveServer(ServerProcess):
     """`python app.py` as a real process on a free port, ready once its startup indexing has finished."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, cache_dir: Path | None = None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, cache_dir: Path | None = None,
+                 log_name: str = "server.log"):
         server_env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": "efficientnet-lite0"}
         if cache_dir:
             server_env["IMAGE_SEARCH_CACHE_DIR"] = str(cache_dir)
         super().__init__([sys.executable, str(PROJECT_DIR / "app.py")], {**server_env, **(env or {})},
-                         data_dir / "server.log", "/api/status",
+                         data_dir / log_name, "/api/status",
                          ready=lambda response: response.json()["startup"]["state"] == "ready")
 
     def start(self, timeout: float = 180) -> "LiveServer":
@@ -151,6 +152,26 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session; tests that need it skip, saying why, when it is not installed."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server programs are not installed (Debian: apt-get install postgresql; "
+                    ".ci/run installs them)")
+    server = PostgresServer(binaries).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_env(request) -> dict[str, str]:
+    """The environment that puts a live server's catalogue in SQLite (the default) or in a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"IMAGE_SEARCH_DATABASE": request.getfixturevalue("postgres").create_database()}
 
 
 @pytest.fixture(scope="session")

@@ -193,9 +193,10 @@ class Client(threading.Thread):
         return None, ""
 
 
-def catalogue_state(data_dir: Path, model_id: str = "color-none-chi2") -> tuple[dict[str, bool], set[str]]:
-    """The catalogue's rows (name -> original?) and the names with a vector, read from its database file."""
-    catalogue = Catalogue(database_url("", data_dir)).open()
+def catalogue_state(data_dir: Path, env: dict[str, str],
+                    model_id: str = "color-none-chi2") -> tuple[dict[str, bool], set[str]]:
+    """The catalogue's rows (name -> original?) and the names with a vector, read from its database."""
+    catalogue = Catalogue(database_url(env.get("IMAGE_SEARCH_DATABASE", ""), data_dir)).open()
     try:
         rows = {record.name: record.is_original for record in catalogue.records()}
         with catalogue.reading() as conn:
@@ -206,12 +207,12 @@ def catalogue_state(data_dir: Path, model_id: str = "color-none-chi2") -> tuple[
 
 
 @pytest.mark.timeout(DURATION + 240)
-def test_many_clients_leave_a_consistent_library(tmp_path):
+def test_many_clients_leave_a_consistent_library(tmp_path, catalogue_env):
     originals = {name: make_image(colour, shape=shape, seed=i)
                  for i, (name, (colour, shape)) in enumerate(DEFAULT_ORIGINALS.items())}
     data_dir = make_library(tmp_path / "data", originals)
     images_dir = data_dir / "images"
-    server = LiveServer(data_dir, {"IMAGE_SEARCH_MODEL": "color"}).start()
+    server = LiveServer(data_dir, {"IMAGE_SEARCH_MODEL": "color", **catalogue_env}).start()
     shared = Shared()
     try:
         deadline = time.monotonic() + DURATION
@@ -242,7 +243,7 @@ def test_many_clients_leave_a_consistent_library(tmp_path):
 
     assert status["pending"] == 0 and status["unreadable"] == []
     assert status["indexed"] == len(on_disk) and status["index"]["consistent"] is True
-    rows, with_vectors = catalogue_state(data_dir)
+    rows, with_vectors = catalogue_state(data_dir, catalogue_env)
     assert set(rows) == with_vectors == on_disk, "the catalogue and the images disagree"
     assert {name for name, original in rows.items() if original} == set(originals)
 

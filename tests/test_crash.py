@@ -33,9 +33,9 @@ def leftovers(data_dir: Path) -> list[str]:
     return sorted(str(p.relative_to(data_dir)) for p in staged + temporary)
 
 
-def committed_vectors(data_dir: Path) -> set[str]:
-    """Names with a row and a colour vector in the catalogue file, as a crash left it."""
-    catalogue = Catalogue(database_url("", data_dir)).open()
+def committed_vectors(data_dir: Path, env: dict[str, str]) -> set[str]:
+    """Names with a row and a colour vector in the catalogue, as a crash left it."""
+    catalogue = Catalogue(database_url(env.get("IMAGE_SEARCH_DATABASE", ""), data_dir)).open()
     try:
         with catalogue.reading() as conn:
             with_vectors = {name for names, _, _ in read_vectors(conn, "color-none-chi2", ColorHistogramEngine.dim)
@@ -61,9 +61,14 @@ def data_dir(tmp_path) -> Path:
     return make_library(tmp_path / "data", {f"original_{i}.png": make_image("red", seed=i) for i in range(3)})
 
 
+@pytest.fixture
+def env(catalogue_env) -> dict[str, str]:
+    return {**ENV, **catalogue_env}
+
+
 @pytest.mark.timeout(240)
-def test_kill_during_feature_generation(data_dir):
-    server = LiveServer(data_dir, ENV).start()
+def test_kill_during_feature_generation(data_dir, env):
+    server = LiveServer(data_dir, env).start()
     images = data_dir / "images"
     for i in range(HAND_COPIED):
         (images / f"copied_{i:03d}.jpg").write_bytes(
@@ -80,9 +85,9 @@ def test_kill_during_feature_generation(data_dir):
     finally:
         server.stop()
     assert 0 < seen["current"] < seen["total"] == HAND_COPIED, seen
-    assert 3 <= len(committed_vectors(data_dir)) < HAND_COPIED + 3  # whole batches, committed as they finished
+    assert 3 <= len(committed_vectors(data_dir, env)) < HAND_COPIED + 3  # whole batches, committed as they finished
 
-    restarted = LiveServer(data_dir, ENV).start()
+    restarted = LiveServer(data_dir, env).start()
     try:
         status = assert_recovered(restarted, data_dir, {f"copied_{i:03d}.jpg" for i in range(HAND_COPIED)})
         assert status["indexed"] == HAND_COPIED + 3
@@ -111,10 +116,10 @@ class Uploader(threading.Thread):
 
 
 @pytest.mark.timeout(240)
-def test_kill_during_uploads(data_dir):
+def test_kill_during_uploads(data_dir, env):
     accepted: set[str] = set()
     for delay in UPLOAD_KILL_DELAYS:
-        server = LiveServer(data_dir, ENV).start()
+        server = LiveServer(data_dir, env).start()
         try:
             assert_recovered(server, data_dir, accepted)
             uploaders = [Uploader(server.url, n, accepted) for n in range(3)]
@@ -126,10 +131,10 @@ def test_kill_during_uploads(data_dir):
                 uploader.join(60)
         finally:
             server.stop()
-        assert accepted <= committed_vectors(data_dir), sorted(accepted - committed_vectors(data_dir))
+        assert accepted <= committed_vectors(data_dir, env), sorted(accepted - committed_vectors(data_dir, env))
     assert len(accepted) > len(UPLOAD_KILL_DELAYS)
 
-    final = LiveServer(data_dir, ENV).start()
+    final = LiveServer(data_dir, env).start()
     try:
         assert_recovered(final, data_dir, accepted)
     finally:
