@@ -79,6 +79,10 @@ class Settings:
         "exact", "IMAGE_SEARCH_INDEX",
         "Vector index: `exact`, `faiss`, or `milvus:<uri>`: a Milvus Lite file ending in `.db` (relative to the data folder) or `http://host:19530`.",
     )
+    search_engines: str = _field(
+        "", "IMAGE_SEARCH_SEARCH_ENGINES",
+        "Comma-separated other engines a search may name in its `engine` field, e.g. `color`; loaded at startup, and each answers only once its features cover the library. Empty: only the active engine. `custom:` paths are not accepted.",
+    )
     allow_private_urls: bool = _field(
         False, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS",
         "`1` lets URL search fetch loopback and private addresses. Keep `0` unless on a trusted network.",
@@ -123,6 +127,13 @@ class Settings:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
             raise ValueError("IMAGE_SEARCH_QUERY_EXPANSION must be 0 (off) or a number of hits")
+        if any(name.startswith("custom:") for name in self.search_engine_names):
+            # A model file can run code when loaded; only IMAGE_SEARCH_MODEL may name one.
+            raise ValueError("IMAGE_SEARCH_SEARCH_ENGINES cannot list custom: models")
+
+    @property
+    def search_engine_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.search_engines.split(",") if name.strip())
 
     @property
     def max_upload_bytes(self) -> int:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -74,7 +73,6 @@ class ImageSearchService:
         self.index = make_index(settings, self.store, engine)
         self.primary = FeatureSpace(engine, self.store, self.index)
         self._spaces: dict[str, FeatureSpace] = {}
-        self._spaces_lock = threading.Lock()
         self._duplicates_cache: tuple | None = None
         self.jobs = JobRunner()
         self.startup_job: Job | None = None
@@ -92,6 +90,7 @@ class ImageSearchService:
             self._forget_vanished()
             self.index.rebuild()
         self.library.remove_orphan_thumbnails()
+        self._spaces = self._open_search_spaces()
         if self._pending():
             self.startup_job = self.generate_features()
         return self
@@ -256,28 +255,40 @@ class ImageSearchService:
             return self.settings.default_k
         return max(1, min(int(k), self.settings.max_k))
 
+    def _open_search_spaces(self) -> dict[str, FeatureSpace]:
+        """The other engines a search may name (IMAGE_SEARCH_SEARCH_ENGINES), loaded here at startup.
+
+        A request can only pick one of these: nothing is ever loaded or read on behalf of a request.
+        """
+        spaces = {}
+        for name in self.settings.search_engine_names:
+            if name == self.engine.name:
+                continue
+            try:
+                engine = get_engine(name, self.settings)
+            except WeightsUnavailable as exc:
+                log.warning("Searches cannot use %s: %s", name, exc)
+                continue
+            store = FeatureStore(self.settings.features_dir, engine.model_id, engine.dim)
+            store.load()
+            spaces[name] = FeatureSpace(engine, store, ExactIndex(store, engine.metric))
+        return spaces
+
     def _space(self, engine_name: str | None) -> FeatureSpace:
-        """The active engine's space, or another engine's whose store covers the whole library."""
+        """The active engine's space, or an allowed engine's whose store covers the whole library."""
         if not engine_name or engine_name == self.engine.name:
             return self.primary
-        with self._spaces_lock:
-            space = self._spaces.get(engine_name)
-            if space is None:
-                try:
-                    engine = get_engine(engine_name, self.settings)
-                except ValueError as exc:
-                    raise Refused(str(exc), 400) from None
-                except WeightsUnavailable as exc:
-                    raise Refused(str(exc), 409) from None
-                store = FeatureStore(self.settings.features_dir, engine.model_id, engine.dim)
-                store.load()
-                space = FeatureSpace(engine, store, ExactIndex(store, engine.metric))
-                self._spaces[engine_name] = space
+        space = self._spaces.get(engine_name)
+        if space is None:
+            # The same answer for every refused name, so a request learns nothing about files or models.
+            offered = ", ".join([self.engine.name, *self._spaces])
+            raise Refused(f"This server does not search with that engine; it offers: {offered}.", 400)
         originals, uploads = self.library.scan()
         missing = [name for name in originals + uploads if name not in space.store]
         if missing:
             raise Refused(f"The {engine_name} features are not ready: {len(missing)} images have none. "
-                          f"Run the app once with IMAGE_SEARCH_MODEL={engine_name} to compute them.", 409)
+                          f"Run the app once with IMAGE_SEARCH_MODEL={engine_name} to compute them, "
+                          "then restart this server.", 409)
         return space
 
     def _search(self, space: FeatureSpace, vector: np.ndarray, options: SearchOptions,

@@ -56,6 +56,15 @@ def _flag(value) -> bool:
     return str(value or "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _text(name: str, value) -> str | None:
+    """A text request field, or None when absent or empty; 400 when JSON gave it another type."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string.")
+    return value
+
+
 def _number(name: str, value, kind, low=None, high=None):
     """A numeric request field, or None when absent; 400 when it is not a number or out of range."""
     if value is None or value == "":
@@ -165,7 +174,7 @@ def search():
     options = SearchOptions(
         k=_number("k", _field("k"), int),
         min_similarity=_number("min_similarity", _field("min_similarity"), float, 0.0, 1.0) or 0.0,
-        engine=_field("engine") or None,
+        engine=_text("engine", _field("engine")),
     )
     core = service()
     upload = request.files.get("file")
