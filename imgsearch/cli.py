@@ -22,7 +22,7 @@ from .config import Settings
 from . import evaluate
 from .engines import ENGINE_NAMES, get_engine, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
-from .imaging import ImageError, configure_pillow, open_image
+from .imaging import ImageError, configure_decoding, open_image
 from .indexing import IndexReport, Shard, ShardError, find_shard_files, index_files, merge_shards, walk_images
 from .library import Library, read_manifest
 from .persist import atomic_write_bytes
@@ -50,7 +50,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
                                      batch_size=getattr(args, "batch_size", None))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    configure_pillow(settings.max_image_pixels)
+    configure_decoding(settings.max_image_pixels, settings.max_decode_bytes, settings.max_decodes)
     return settings
 
 

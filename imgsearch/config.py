@@ -97,6 +97,14 @@ class Settings:
         64_000_000, "IMAGE_SEARCH_MAX_PIXELS",
         "Largest decoded image, in pixels; larger files are refused as decompression bombs.",
     )
+    max_decode_mb: int = _field(
+        512, "IMAGE_SEARCH_MAX_DECODE_MB",
+        "Most memory one image decode may take, in MiB, estimated per format from the header before decoding; costlier images are refused.",
+    )
+    max_decodes: int = _field(
+        2, "IMAGE_SEARCH_MAX_DECODES",
+        "Most images decoded at once in the whole process (requests, thumbnails and feature jobs); the others wait their turn.",
+    )
     url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
@@ -123,6 +131,8 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.max_decodes < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_DECODES must be at least 1")
         if self.max_k < 1 or self.default_k < 1:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
@@ -138,6 +148,10 @@ class Settings:
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
 
     @property
     def images_dir(self) -> Path:

@@ -211,7 +211,8 @@ class ImageSearchService:
         """Validate, store and index one uploaded image; returns its library name."""
         if len(data) > self.settings.max_upload_bytes:
             raise Refused(f"The file is larger than {self.settings.max_upload_mb} MB.", 413)
-        _, extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)
+        # [1]: the decoded image is dropped at once, before the second decode below.
+        extension = imaging.decode_image(data, max_pixels=self.settings.max_image_pixels)[1]
         name = self.library.save_upload(data, client_name, extension)
         stamp = self._current_stamp(name)
         if stamp is not None:  # None: another request deleted it the moment it appeared

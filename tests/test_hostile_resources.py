@@ -6,13 +6,17 @@ ordinary requests keep being answered meanwhile. Every crafted file is made here
 """
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
+import functools
 import http.server
+import io
 import os
 from pathlib import Path
 
 import pytest
 import requests
+from PIL import Image
 
 from conftest import LiveServer, loopback_server
 from test_hostile import COLOR, assert_json_error, new_library
@@ -108,3 +112,87 @@ def test_the_active_engine_may_be_named(engine_server):
     response = requests.post(server.url + "/api/search", json={"filename": "red_circle.png", "engine": "color"},
                              timeout=30)
     assert response.status_code == 200 and response.json()["model"] == "color"
+
+
+# ----- costly images: scan counts, decode memory, decodes at once -----------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    # Private URLs allowed, so URL search can fetch the crafted files from a loopback server.
+    with running(new_library(tmp_path_factory.mktemp("resources")), {"IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "1"}) as live:
+        yield live
+
+
+def scan_starts(data: bytes) -> tuple[list[int], int]:
+    """Offsets of the SOS markers of a JPEG written by Pillow, and the offset of its EOI."""
+    starts, position = [], 2
+    while data[position] == 0xFF and data[position + 1] != 0xD9:
+        code = data[position + 1]
+        if code == 0xDA:
+            starts.append(position)
+            position = data.index(b"\xff", position + 2)
+            while data[position + 1] in (0x00, *range(0xD0, 0xD8)):  # stuffed bytes and restart markers
+                position = data.index(b"\xff", position + 2)
+        else:
+            position += 2 + int.from_bytes(data[position + 2:position + 4], "big")
+    return starts, position
+
+
+@functools.cache
+def progressive_jpeg(side: int, scans: int) -> bytes:
+    """A flat grey progressive JPEG whose last scan (a refinement pass over every block) is repeated."""
+    buffer = io.BytesIO()
+    Image.new("L", (side, side), 128).save(buffer, "JPEG", progressive=True)
+    data = buffer.getvalue()
+    starts, end = scan_starts(data)
+    return data[:end] + data[starts[-1]:end] * (scans - len(starts)) + b"\xff\xd9"
+
+
+class FileHandler(http.server.BaseHTTPRequestHandler):
+    files: dict[str, bytes] = {}
+
+    def do_GET(self):
+        body = self.files.get(self.path, b"")
+        self.send_response(200 if body else 404)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def files_url():
+    with loopback_server(FileHandler) as url:
+        yield url
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(server, files_url):
+    """8000×8000, at the pixel cap, one scan repeated 3,000 times: minutes of CPU per decode if it were decoded."""
+    data = progressive_jpeg(8000, 3000)
+    assert len(data) < 1 * MiB
+    FileHandler.files["/scans.jpg"] = data
+    reset_peak(server)
+    upload = requests.post(server.url + "/api/upload-image", files={"file": ("scans.jpg", data)}, timeout=30)
+    query = requests.post(server.url + "/api/search", files={"file": ("scans.jpg", data)}, timeout=30)
+    by_url = requests.post(server.url + "/api/search", json={"url": files_url + "/scans.jpg"}, timeout=30)
+    for response, status in [(upload, 400), (query, 400), (by_url, 422)]:
+        assert "scans" in assert_json_error(response, status)
+    assert peak_mb(server) < server.memory()["rss_mb"] + 50
+    still_serving(server)
+
+
+def test_costly_decodes_wait_for_one_of_a_few_slots(server):
+    """Uploads decode at full size; five at once would take five times the memory and every core."""
+    data = progressive_jpeg(8000, 12)  # 64 megapixels, 12 scans: within every limit, about 300 MB to decode
+    reset_peak(server)
+    with concurrent.futures.ThreadPoolExecutor(5) as pool:
+        uploads = [pool.submit(requests.post, server.url + "/api/upload-image",
+                               files={"file": (f"big{i}.jpg", data)}, timeout=120) for i in range(5)]
+        while not all(upload.done() for upload in uploads):
+            still_serving(server)
+        assert [upload.result().status_code for upload in uploads] == [200] * 5
+    # The documented budget: IMAGE_SEARCH_MAX_DECODES (2) decodes of at most IMAGE_SEARCH_MAX_DECODE_MB each.
+    assert peak_mb(server) - server.memory()["rss_mb"] < 2 * 512

@@ -9,7 +9,7 @@ from flask import Flask, request
 
 from ..config import PROJECT_DIR, Settings
 from ..engines import load_active_engine
-from ..imaging import configure_pillow
+from ..imaging import configure_decoding
 from ..service import ImageSearchService
 from . import api, errors, images, pages
 from .errors import ApiError
@@ -22,7 +22,7 @@ LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
 def create_app(settings: Settings | None = None, service: ImageSearchService | None = None) -> Flask:
     """Build the app: load the engine (once), open the feature store, register the routes."""
     settings = settings or Settings.from_env()
-    configure_pillow(settings.max_image_pixels)
+    configure_decoding(settings.max_image_pixels, settings.max_decode_bytes, settings.max_decodes)
     if service is None:
         engine = load_active_engine(settings)
         engine.warm_up()
