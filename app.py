@@ -18,6 +18,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress")
     args = parser.parse_args(argv)
     settings = Settings.from_env(host=args.host, port=args.port)
+    if args.threads < settings.max_streams + 2:
+        parser.error(f"--threads must be at least IMAGE_SEARCH_MAX_STREAMS + 2 ({settings.max_streams + 2}), "
+                     "so that progress streams cannot hold every thread")
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.host not in LOOPBACK_NAMES and not settings.token:
         log.warning("Binding to %s without IMAGE_SEARCH_TOKEN: anyone who can reach this address can upload "

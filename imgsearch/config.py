@@ -105,6 +105,10 @@ class Settings:
         2, "IMAGE_SEARCH_MAX_DECODES",
         "Most images decoded at once in the whole process (requests, thumbnails and feature jobs); the others wait their turn.",
     )
+    max_streams: int = _field(
+        2, "IMAGE_SEARCH_MAX_STREAMS",
+        "Most feature-progress streams open at once; more get 429. Each holds a server thread while its job runs, so keep it well below `--threads` (8).",
+    )
     url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
@@ -131,6 +135,8 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.max_streams < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_STREAMS must be at least 1")
         if self.max_decodes < 1:
             raise ValueError("IMAGE_SEARCH_MAX_DECODES must be at least 1")
         if self.max_k < 1 or self.default_k < 1:

@@ -74,7 +74,7 @@ class ImageSearchService:
         self.primary = FeatureSpace(engine, self.store, self.index)
         self._spaces: dict[str, FeatureSpace] = {}
         self._duplicates_cache: tuple | None = None
-        self.jobs = JobRunner()
+        self.jobs = JobRunner(settings.max_streams)
         self.startup_job: Job | None = None
         self._unreadable: dict[str, tuple[int, int]] = {}
 

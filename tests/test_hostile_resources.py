@@ -12,6 +12,7 @@ import functools
 import http.server
 import io
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -119,7 +120,9 @@ def test_the_active_engine_may_be_named(engine_server):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     # Private URLs allowed, so URL search can fetch the crafted files from a loopback server.
-    with running(new_library(tmp_path_factory.mktemp("resources")), {"IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "1"}) as live:
+    data_dir = new_library(tmp_path_factory.mktemp("resources"))
+    with running(data_dir, {"IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "1"}) as live:
+        live.data_dir = data_dir
         yield live
 
 
@@ -196,3 +199,37 @@ def test_costly_decodes_wait_for_one_of_a_few_slots(server):
         assert [upload.result().status_code for upload in uploads] == [200] * 5
     # The documented budget: IMAGE_SEARCH_MAX_DECODES (2) decodes of at most IMAGE_SEARCH_MAX_DECODE_MB each.
     assert peak_mb(server) - server.memory()["rss_mb"] < 2 * 512
+
+
+# ----- progress streams ------------------------------------------------------------------------------------------
+
+def open_stream(server: LiveServer, method: str = "GET") -> requests.Response:
+    return requests.request(method, server.url + "/api/generate-features", stream=True, timeout=30)
+
+
+def test_progress_streams_are_capped_and_the_api_keeps_answering(server):
+    """Every open stream holds a server thread while the job runs; eleven of them used to starve the API."""
+    images = server.data_dir / "images"
+    for i in range(10):  # each takes about a second to decode, so the job runs for several seconds
+        (images / f"slow{i}.jpg").write_bytes(progressive_jpeg(8000, 12))
+    streams = [open_stream(server, "POST"), open_stream(server)]
+    try:
+        assert [stream.status_code for stream in streams] == [200, 200]
+        refused = [open_stream(server) for _ in range(9)]
+        for response in refused:
+            assert "progress streams" in assert_json_error(response, 429)
+        status = requests.get(server.url + "/api/status", timeout=10).json()
+        assert status["job"]["running"], "the job ended before the streams were counted"
+        for _ in range(3):
+            still_serving(server)
+            response = requests.post(server.url + "/api/search", json={"filename": "red_circle.png"}, timeout=10)
+            assert response.status_code == 200
+    finally:
+        for stream in streams:
+            stream.close()
+    # A closed stream frees its slot at the server's next write to it (a progress event or a keep-alive).
+    deadline = time.monotonic() + 60
+    while (again := open_stream(server)).status_code == 429 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert again.status_code == 200
+    assert '"complete": true' in again.text

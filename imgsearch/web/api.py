@@ -143,16 +143,22 @@ def delete_images():
 
 
 def _event_stream(job) -> Response:
-    return _event_stream_of(job.events())
+    return _event_stream_of(*service().jobs.listen(job))
 
 
-def _event_stream_of(states) -> Response:
+def _event_stream_of(states, release=lambda: None) -> Response:
+    """`release` runs when the stream ends, or when the server closes the response because the client left."""
     def stream():
-        for state in states:
-            yield ": keep-alive\n\n" if state is None else f"data: {json.dumps(state)}\n\n"
+        try:
+            for state in states:
+                yield ": keep-alive\n\n" if state is None else f"data: {json.dumps(state)}\n\n"
+        finally:
+            release()
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-    return Response(stream(), mimetype="text/event-stream", headers=headers)
+    response = Response(stream(), mimetype="text/event-stream", headers=headers)
+    response.call_on_close(release)  # also when the stream never started
+    return response
 
 
 @blueprint.post("/generate-features")
