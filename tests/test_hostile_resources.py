@@ -233,3 +233,44 @@ def test_progress_streams_are_capped_and_the_api_keeps_answering(server):
         time.sleep(0.2)
     assert again.status_code == 200
     assert '"complete": true' in again.text
+
+
+# ----- animated WebP: a huge canvas, tiny frames -----------------------------------------------------------------
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return kind + len(payload).to_bytes(4, "little") + payload + b"\0" * (len(payload) & 1)
+
+
+def animated_webp(canvas: tuple[int, int], frames: int = 2) -> bytes:
+    """An animated WebP whose frames are 1×1 pixel on a canvas of the given size."""
+    buffer = io.BytesIO()
+    Image.new("RGBA", (1, 1), (200, 20, 20, 255)).save(buffer, "WEBP", lossless=True)
+    pixel = buffer.getvalue()[12:]  # the VP8L chunk of a 1×1 WebP
+    width, height = (side - 1 for side in canvas)
+    header = _chunk(b"VP8X", bytes([0x12, 0, 0, 0]) + width.to_bytes(3, "little") + height.to_bytes(3, "little"))
+    frame = _chunk(b"ANMF", bytes(12) + (100).to_bytes(3, "little") + b"\0" + pixel)  # at 0,0; 1×1; 100 ms
+    body = b"WEBP" + header + _chunk(b"ANIM", bytes(6)) + frame * frames
+    return b"RIFF" + len(body).to_bytes(4, "little") + body
+
+
+@pytest.mark.parametrize("side", [8000, 4000])
+def test_an_animated_webp_with_a_huge_canvas_and_tiny_frames_is_refused(server, side):
+    data = animated_webp((side, side))
+    assert len(data) < 200 and Image.open(io.BytesIO(data)).n_frames == 2
+    reset_peak(server)
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:  # four at once used to take 5.6 GB
+        answers = list(pool.map(lambda i: requests.post(server.url + "/api/search", timeout=30,
+                                                        files={"file": (f"anim{i}.webp", data)}), range(4)))
+    for response in answers:
+        assert_json_error(response, 400)
+    assert peak_mb(server) < server.memory()["rss_mb"] + 50
+    still_serving(server)
+
+
+def test_an_ordinary_animated_webp_is_accepted(server):
+    frames = [Image.new("RGB", (64, 48), colour) for colour in ((200, 30, 30), (30, 200, 30), (30, 30, 200))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "WEBP", save_all=True, append_images=frames[1:], duration=50)
+    response = requests.post(server.url + "/api/upload-image", files={"file": ("ok.webp", buffer.getvalue())},
+                             timeout=30)
+    assert response.status_code == 200, response.text
