@@ -10,7 +10,7 @@ import numpy as np
 
 from . import imaging
 from .config import Settings
-from .duplicates import DuplicateGroup, find_duplicate_groups
+from .duplicates import DuplicateFinder, DuplicateGroup
 from .engines import get_engine
 from .engines.base import Engine, WeightsUnavailable
 from .errors import RequestError
@@ -73,7 +73,7 @@ class ImageSearchService:
         self.index = make_index(settings, self.store, engine)
         self.primary = FeatureSpace(engine, self.store, self.index)
         self._spaces: dict[str, FeatureSpace] = {}
-        self._duplicates_cache: tuple | None = None
+        self.duplicates = DuplicateFinder(settings.duplicate_threshold)
         self.jobs = JobRunner(settings.max_streams)
         self.startup_job: Job | None = None
         self._unreadable: dict[str, tuple[int, int]] = {}
@@ -238,16 +238,9 @@ class ImageSearchService:
                 self._unreadable.pop(name, None)
         return unique
 
-    def duplicate_groups(self, threshold: float | None = None) -> list[DuplicateGroup]:
-        """Near-duplicate groups over the whole library; reused until the store changes."""
-        threshold = self.settings.duplicate_threshold if threshold is None else threshold
-        snapshots = self.store.snapshots()
-        cached = self._duplicates_cache
-        if cached and cached[1] == threshold and all(a is b for a, b in zip(cached[0], snapshots)):
-            return cached[2]
-        groups = find_duplicate_groups(snapshots, self.engine.metric, threshold, self.library.is_original)
-        self._duplicates_cache = (snapshots, threshold, groups)
-        return groups
+    def duplicate_groups(self, threshold: float | None = None) -> tuple[float, list[DuplicateGroup]]:
+        """(threshold used, near-duplicate groups over the whole library); reused until the store changes."""
+        return self.duplicates.groups(self.store.snapshots(), self.engine.metric, threshold, self.library.is_original)
 
     # ----- search ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import LiveServer, loopback_server
+from conftest import LiveServer, loopback_server, make_image
 from test_hostile import COLOR, assert_json_error, new_library
 
 MiB = 1024 * 1024
@@ -32,6 +32,10 @@ def reset_peak(server: LiveServer) -> None:
 
 def peak_mb(server: LiveServer) -> float:
     return server.memory()["peak_rss_mb"]
+
+
+def server_rss(server: LiveServer) -> float:
+    return server.memory()["rss_mb"]
 
 
 def still_serving(server: LiveServer) -> None:
@@ -96,7 +100,7 @@ def test_the_engine_field_loads_and_reads_nothing(engine_server):
         with pytest.raises(OSError):  # ENXIO: no process has the FIFO open for reading
             os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
     assert OutboundRecorder.seen == []
-    assert peak_mb(server) < server.memory()["rss_mb"] + 50  # a model load would add hundreds of MB
+    assert peak_mb(server) < server_rss(server) + 50  # a model load would add hundreds of MB
     still_serving(server)
 
 
@@ -183,7 +187,7 @@ def test_a_jpeg_with_thousands_of_scans_is_refused_before_decoding(server, files
     by_url = requests.post(server.url + "/api/search", json={"url": files_url + "/scans.jpg"}, timeout=30)
     for response, status in [(upload, 400), (query, 400), (by_url, 422)]:
         assert "scans" in assert_json_error(response, status)
-    assert peak_mb(server) < server.memory()["rss_mb"] + 50
+    assert peak_mb(server) < server_rss(server) + 50
     still_serving(server)
 
 
@@ -198,7 +202,7 @@ def test_costly_decodes_wait_for_one_of_a_few_slots(server):
             still_serving(server)
         assert [upload.result().status_code for upload in uploads] == [200] * 5
     # The documented budget: IMAGE_SEARCH_MAX_DECODES (2) decodes of at most IMAGE_SEARCH_MAX_DECODE_MB each.
-    assert peak_mb(server) - server.memory()["rss_mb"] < 2 * 512
+    assert peak_mb(server) - server_rss(server) < 2 * 512
 
 
 # ----- progress streams ------------------------------------------------------------------------------------------
@@ -263,7 +267,7 @@ def test_an_animated_webp_with_a_huge_canvas_and_tiny_frames_is_refused(server, 
                                                         files={"file": (f"anim{i}.webp", data)}), range(4)))
     for response in answers:
         assert_json_error(response, 400)
-    assert peak_mb(server) < server.memory()["rss_mb"] + 50
+    assert peak_mb(server) < server_rss(server) + 50
     still_serving(server)
 
 
@@ -274,3 +278,46 @@ def test_an_ordinary_animated_webp_is_accepted(server):
     response = requests.post(server.url + "/api/upload-image", files={"file": ("ok.webp", buffer.getvalue())},
                              timeout=30)
     assert response.status_code == 200, response.text
+
+
+# ----- duplicates: a threshold that links every pair -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def alike_server(tmp_path_factory):
+    """400 images that are all alike: at a low threshold every one of the 79,800 pairs is a duplicate."""
+    data_dir = new_library(tmp_path_factory.mktemp("alike"))
+    for i in range(400):
+        (data_dir / "images" / f"alike{i:03d}.png").write_bytes(make_image("gray", size=(48, 40), seed=i))
+    with running(data_dir, {}) as live:
+        yield live
+
+
+def test_duplicates_refuse_low_thresholds_and_page_the_pairs(alike_server):
+    base = alike_server.url + "/api/duplicates"
+    for threshold in ("0", "0.3", "0.49"):
+        assert "between 0.5 and 1" in assert_json_error(requests.get(f"{base}?threshold={threshold}", timeout=30), 400)
+    reset_peak(alike_server)
+    response = requests.get(f"{base}?threshold=0.5&per_page=200", timeout=60)
+    assert response.status_code == 200
+    assert len(response.content) < 200_000  # the whole list of pairs would be about 6 MB
+    group = max(response.json()["groups"], key=lambda g: g["pair_count"])
+    assert group["pair_count"] >= 400 * 399 // 2 and len(group["pairs"]) == 20
+    pages = [requests.get(f"{base}/{group['group']}/pairs?threshold=0.5&per_page=1000&page={page}", timeout=60)
+             .json()["pairs"] for page in (1, 2)]
+    assert len(pages[0]) == len(pages[1]) == 1000 and pages[0][:20] == group["pairs"]
+    assert pages[0][-1]["similarity"] >= pages[1][0]["similarity"]
+    assert not {(p["a"], p["b"]) for p in pages[0]} & {(p["a"], p["b"]) for p in pages[1]}
+    assert_json_error(requests.get(f"{base}/{group['group']}/pairs?threshold=0.5&per_page=5000", timeout=30), 400)
+    assert peak_mb(alike_server) < server_rss(alike_server) + 100
+    still_serving(alike_server)
+
+
+def test_another_local_origin_cannot_make_the_api_work(alike_server):
+    """An <img> on another port of this machine is a same-site request; on another site a cross-site one."""
+    for site in ("same-site", "cross-site"):
+        for path in ("/api/duplicates?threshold=0.51", "/api/generate-features", "/api/images"):
+            response = requests.get(alike_server.url + path, headers={"Sec-Fetch-Site": site}, timeout=30)
+            assert_json_error(response, 403)
+    for site in ("same-origin", "none"):
+        response = requests.get(alike_server.url + "/api/images", headers={"Sec-Fetch-Site": site}, timeout=30)
+        assert response.status_code == 200

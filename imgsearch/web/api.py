@@ -7,11 +7,17 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
+from ..duplicates import MIN_THRESHOLD
 from ..errors import RequestError
 from ..service import ImageSearchService, SearchOptions, SearchOutcome
 from .errors import ApiError
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+# A group of N alike images has up to N²/2 pairs: a response lists at most this many per group (200 groups a
+# page at most: 4,000 pairs), and the rest are paged through /api/duplicates/<group>/pairs.
+PAIRS_PER_GROUP = 20
+MAX_PAIRS_PER_PAGE = 1000
 
 
 def service() -> ImageSearchService:
@@ -19,12 +25,17 @@ def service() -> ImageSearchService:
 
 
 @blueprint.before_request
-def guard_state_changes():
-    """Refuse cross-site form posts, and require the bearer token when one is configured."""
+def guard_requests():
+    """Serve the API to the app's own pages and to clients that are not browsers; require the token for changes.
+
+    Browsers say where a request comes from. A page on another site, or on another port of this machine
+    ("same-site"), could otherwise make the server search for duplicates or hold progress streams open with
+    a mere <img> tag, and post forms that change the library.
+    """
+    if request.headers.get("Sec-Fetch-Site") in ("cross-site", "same-site"):
+        raise ApiError(403, "Requests from other sites are not allowed.")
     if request.method not in ("POST", "DELETE", "PUT", "PATCH"):
         return
-    if request.headers.get("Sec-Fetch-Site") == "cross-site":
-        raise ApiError(403, "Cross-site requests are not allowed.")
     origin = request.headers.get("Origin")
     if origin and urlsplit(origin).netloc != request.host:
         raise ApiError(403, "Cross-origin requests are not allowed.")
@@ -200,23 +211,41 @@ def search():
 
 @blueprint.get("/duplicates")
 def duplicates():
-    threshold = _number("threshold", request.args.get("threshold"), float, 0.0, 1.0)
+    threshold = _number("threshold", request.args.get("threshold"), float, MIN_THRESHOLD, 1.0)
     page = _number("page", request.args.get("page"), int, 1, 1_000_000) or 1
     per_page = _number("per_page", request.args.get("per_page"), int, 1, 200) or 20
-    groups = service().duplicate_groups(threshold)
-    shown = groups[(page - 1) * per_page: page * per_page]
+    threshold, groups = service().duplicate_groups(threshold)
     is_original = service().library.is_original
     return jsonify({
-        "threshold": service().settings.duplicate_threshold if threshold is None else threshold,
-        "total_groups": len(groups), "page": page, "per_page": per_page,
+        "threshold": threshold, "total_groups": len(groups), "page": page, "per_page": per_page,
         "groups": [{
+            "group": number,
             "members": [{"filename": name, "is_original": is_original(name),
                          "image_url": url_for("images.image", filename=name),
                          "thumb_url": url_for("images.thumbnail", filename=name)} for name in group.members],
-            "pairs": [{"a": a, "b": b, "similarity": score} for a, b, score in group.pairs],
+            "pairs": _pairs_json(group.pairs(0, PAIRS_PER_GROUP)),
+            "pair_count": group.pair_count,
             "best_similarity": group.best_similarity,
-        } for group in shown],
+        } for number, group in enumerate(groups[(page - 1) * per_page: page * per_page], (page - 1) * per_page + 1)],
     })
+
+
+@blueprint.get("/duplicates/<int:number>/pairs")
+def duplicate_pairs(number: int):
+    """One page of one group's pairs, most similar first; `number` is the group's 1-based place in the list."""
+    threshold = _number("threshold", request.args.get("threshold"), float, MIN_THRESHOLD, 1.0)
+    page = _number("page", request.args.get("page"), int, 1, 1_000_000) or 1
+    per_page = _number("per_page", request.args.get("per_page"), int, 1, MAX_PAIRS_PER_PAGE) or 100
+    threshold, groups = service().duplicate_groups(threshold)
+    if not 1 <= number <= len(groups):
+        raise ApiError(404, f"There are {len(groups)} groups at threshold {threshold:g}.")
+    group = groups[number - 1]
+    return jsonify({"threshold": threshold, "group": number, "pair_count": group.pair_count, "page": page,
+                    "per_page": per_page, "pairs": _pairs_json(group.pairs((page - 1) * per_page, page * per_page))})
+
+
+def _pairs_json(pairs) -> list[dict]:
+    return [{"a": a, "b": b, "similarity": score} for a, b, score in pairs]
 
 
 def _outcome_json(outcome: SearchOutcome) -> dict:
