@@ -171,7 +171,8 @@ def validate_url(url: str, *, allow_private: bool = False, resolver: Resolver | 
         for ip in addresses:
             if not is_public_address(ip):
                 raise FetchError(
-                    f"Refusing to fetch {parts.hostname}: it resolves to a private or local address ({ip}).", 403)
+                    f"Refusing to fetch {parts.hostname}: it resolves to a private or local address ({ip}). "
+                    "On a trusted network, IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1 allows it.", 403)
 
     authority = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = parts.path or "/"

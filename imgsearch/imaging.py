@@ -16,7 +16,8 @@ from .persist import atomic_write_bytes
 
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP")
 ALLOWED_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "bmp", "webp")
-EXTENSION_FOR_FORMAT = {"JPEG": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
+# Pillow reports a JPEG with extra pictures (a camera's multi-picture format) as MPO; it is a JPEG to us.
+EXTENSION_FOR_FORMAT = {"JPEG": "jpg", "MPO": "jpg", "PNG": "png", "GIF": "gif", "BMP": "bmp", "WEBP": "webp"}
 THUMBNAIL_SIZE = 200
 THUMBNAIL_QUALITY = 75
 
@@ -192,7 +193,7 @@ def _decode(stream: BinaryIO, draft_size: tuple[int, int] | None, max_pixels: in
             raise ImageError(
                 f"The image is {image.width}×{image.height} pixels, more than the limit of {max_pixels:,}.")
         extension = EXTENSION_FOR_FORMAT[image.format]
-        if image.format == "JPEG":
+        if image.format in ("JPEG", "MPO"):
             stream.seek(0)
             _check_jpeg_scans(stream.read(), full_pixels)
             if draft_size:

@@ -240,12 +240,14 @@ class TestSearch:
             assert body["query"] == {"type": "filename", "filename": "red_circle.png",
                                      "image_url": "/images/red_circle.png"}
 
-    def test_k_is_clamped(self, client, app):
+    def test_k_is_clamped_above_and_refused_below_one(self, client, app):
         for i in range(4):
             upload(client, make_image("gray", seed=i), f"k{i}.png")
         body = client.post("/api/search", json={"filename": "red_circle.png", "k": 1000}).get_json()
         assert len(body["results"]) == 9
-        assert len(client.post("/api/search", json={"filename": "red_circle.png", "k": 0}).get_json()["results"]) == 1
+        for k in (0, -3, "0"):
+            refused = client.post("/api/search", json={"filename": "red_circle.png", "k": k})
+            assert refused.status_code == 400 and refused.get_json()["error"] == "k must be between 1 and 100."
         assert client.post("/api/search", json={"filename": "red_circle.png", "k": "many"}).status_code == 400
 
     def test_min_similarity_cuts_results(self, client):

@@ -321,3 +321,87 @@ def test_another_local_origin_cannot_make_the_api_work(alike_server):
     for site in ("same-origin", "none"):
         response = requests.get(alike_server.url + "/api/images", headers={"Sec-Fetch-Site": site}, timeout=30)
         assert response.status_code == 200
+
+
+# ----- request bodies and fields that used to end in a 500 -------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def token_server(tmp_path_factory):
+    with running(new_library(tmp_path_factory.mktemp("token")), {"IMAGE_SEARCH_TOKEN": "s3cret"}) as live:
+        yield live
+
+
+def test_a_large_json_body_is_refused_before_it_is_parsed(token_server):
+    """Parsing a JSON body takes several times its size; the token check parses it too, so no token is needed."""
+    body = b'{"url": "http://192.0.2.1/x.png", "add_to_library": true, "pad": "' + b"a" * (64 * MiB) + b'"}'
+    reset_peak(token_server)
+    response = requests.post(token_server.url + "/api/search", data=body, timeout=60,
+                             headers={"Content-Type": "application/json"})
+    assert_json_error(response, 413)
+    assert peak_mb(token_server) < server_rss(token_server) + 50
+    form = requests.post(token_server.url + "/api/search", data={"pad": "a" * (2 * MiB)}, timeout=60)
+    assert_json_error(form, 413)  # a form body gets the same cap
+    still_serving(token_server)
+
+
+@pytest.mark.parametrize("body", [b'{"filename": "red_circle.png", "k": 1e309}',
+                                  b'{"filename": "red_circle.png", "k": Infinity}',
+                                  b'{"filename": "red_circle.png", "k": NaN}',
+                                  b'{"filename": "red_circle.png", "k": 2.5}',
+                                  b'{"filename": "red_circle.png", "k": true}',
+                                  b'{"filename": "red_circle.png", "min_similarity": Infinity}',
+                                  b'{"filename": "red_circle.png", "k": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                  b"[" * 100_000 + b"]" * 100_000],
+                         ids=["1e309", "Infinity", "NaN", "2.5", "true", "min-similarity-Infinity", "deep-k", "deep"])
+def test_odd_json_is_a_400(server, body):
+    response = requests.post(server.url + "/api/search", data=body, headers={"Content-Type": "application/json"},
+                             timeout=30)
+    assert_json_error(response, 400)
+
+
+@pytest.mark.parametrize("k", [0, -1, "0"])
+def test_k_below_one_is_a_400_naming_the_range(server, k):
+    response = requests.post(server.url + "/api/search", json={"filename": "red_circle.png", "k": k}, timeout=30)
+    assert assert_json_error(response, 400) == "k must be between 1 and 100."
+
+
+def test_a_file_and_a_url_together_are_a_400(server, files_url):
+    FileHandler.files["/blue.png"] = make_image("blue", seed=3)
+    response = requests.post(server.url + "/api/search", data={"url": files_url + "/blue.png"},
+                             files={"file": ("q.png", make_image("red", seed=4))}, timeout=30)
+    assert "file and url" in assert_json_error(response, 400)
+    response = requests.post(server.url + "/api/search", json={"url": files_url + "/blue.png",
+                                                               "filename": "red_circle.png"}, timeout=30)
+    assert "url and filename" in assert_json_error(response, 400)
+
+
+def test_the_refusal_of_a_private_url_names_the_setting(engine_server):
+    server, _ = engine_server  # a server with the default IMAGE_SEARCH_ALLOW_PRIVATE_URLS=0
+    response = requests.post(server.url + "/api/search", json={"url": "http://127.0.0.1/x.png"}, timeout=30)
+    assert "IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1" in assert_json_error(response, 403)
+
+
+def mpo(colours) -> bytes:
+    buffer = io.BytesIO()
+    frames = [Image.new("RGB", (64, 48), colour) for colour in colours]
+    frames[0].save(buffer, "MPO", save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+def test_a_multi_picture_jpeg_is_a_jpeg(server):
+    data = mpo([(200, 30, 30), (30, 30, 200)])
+    assert Image.open(io.BytesIO(data)).format == "MPO"
+    response = requests.post(server.url + "/api/upload-image", files={"file": ("camera.mpo", data)}, timeout=30)
+    assert response.status_code == 200 and response.json()["filename"] == "camera.jpg"
+    response = requests.post(server.url + "/api/search", files={"file": ("q.jpg", data)}, timeout=30)
+    assert response.status_code == 200
+
+
+def test_an_upload_of_two_files_reports_each_and_keeps_the_good_one(server):
+    files = [("file", ("good.png", make_image("green", seed=9))), ("file", ("bad.png", b"not an image"))]
+    response = requests.post(server.url + "/api/upload-image", files=files, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert [item["original_name"] for item in body["uploaded"]] == ["good.png"]
+    assert [(item["original_name"], item["status"]) for item in body["failed"]] == [("bad.png", 400)]
+    assert body["uploaded"][0]["filename"] in requests.get(server.url + "/api/images", timeout=10).json()["images"]

@@ -17,6 +17,9 @@ from .errors import ApiError
 log = logging.getLogger(__name__)
 
 LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# Only multipart uploads carry images. A JSON or form body beyond this is no request of ours, and parsing
+# one costs several times its size in memory, even before the token is checked.
+MAX_PLAIN_BODY = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None, service: ImageSearchService | None = None) -> Flask:
@@ -38,6 +41,7 @@ def create_app(settings: Settings | None = None, service: ImageSearchService | N
     app.url_map.merge_slashes = False  # a doubled slash is a bad name (404), not a redirect
     app.extensions["image_search"] = service
     errors.init_app(app)
+    app.before_request(_cap_plain_bodies)
     if settings.host in LOOPBACK_NAMES and not settings.token:
         app.before_request(_refuse_foreign_host_names)
     app.register_blueprint(pages.blueprint)
@@ -59,3 +63,8 @@ def _refuse_foreign_host_names():
     if hostname not in LOOPBACK_NAMES:
         raise ApiError(403, "This server answers only requests to localhost or 127.0.0.1; "
                             "set IMAGE_SEARCH_TOKEN to serve it under another name.")
+
+
+def _cap_plain_bodies():
+    if request.mimetype != "multipart/form-data":
+        request.max_content_length = MAX_PLAIN_BODY

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
@@ -12,6 +13,7 @@ from ..errors import RequestError
 from ..service import ImageSearchService, SearchOptions, SearchOutcome
 from .errors import ApiError
 
+log = logging.getLogger(__name__)
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 
 # A group of N alike images has up to N²/2 pairs: a response lists at most this many per group (200 groups a
@@ -54,7 +56,10 @@ def _changes_state() -> bool:
 
 def _field(name: str):
     if request.is_json:
-        body = request.get_json(silent=True)
+        try:
+            body = request.get_json(silent=True)
+        except RecursionError:
+            raise ApiError(400, "The JSON body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise ApiError(400, "The JSON body must be an object.")
         return body.get(name)
@@ -77,16 +82,29 @@ def _text(name: str, value) -> str | None:
 
 
 def _number(name: str, value, kind, low=None, high=None):
-    """A numeric request field, or None when absent; 400 when it is not a number or out of range."""
+    """A numeric request field, or None when absent; 400 when it is not a number or out of range.
+
+    An int field takes only whole numbers (JSON 2.5, true or 1e309 are refused, not truncated).
+    """
     if value is None or value == "":
         return None
+    if isinstance(value, bool) or (kind is int and isinstance(value, float) and not value.is_integer()):
+        raise ApiError(400, f"{name} must be a {'whole ' if kind is int else ''}number.")
     try:
         number = kind(value)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be a number.") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ApiError(400, f"{name} must be a {'whole ' if kind is int else ''}number.") from None
     if low is not None and not low <= number <= high:
         raise ApiError(400, f"{name} must be between {low} and {high}.")
     return number
+
+
+def _k(value) -> int | None:
+    """`k`: a whole number of at least 1; the service clamps larger ones to IMAGE_SEARCH_MAX_K."""
+    k = _number("k", value, int)
+    if k is not None and k < 1:
+        raise ApiError(400, f"k must be between 1 and {service().settings.max_k}.")
+    return k
 
 
 def _hit_json(hit) -> dict:
@@ -133,6 +151,12 @@ def upload_image():
             if len(files) == 1:
                 raise
             failed.append({"original_name": storage.filename, "error": exc.message, "status": exc.status})
+        except Exception:
+            # One file's failure must not hide the files stored before it: report it beside them.
+            if len(files) == 1:
+                raise
+            log.exception("Storing the upload %r failed", storage.filename)
+            failed.append({"original_name": storage.filename, "error": "Internal server error.", "status": 500})
     if not uploaded:
         first = failed[0]
         return jsonify({"error": first["error"], "failed": failed}), first["status"]
@@ -189,7 +213,7 @@ def follow_features():
 @blueprint.post("/search")
 def search():
     options = SearchOptions(
-        k=_number("k", _field("k"), int),
+        k=_k(_field("k")),
         min_similarity=_number("min_similarity", _field("min_similarity"), float, 0.0, 1.0) or 0.0,
         engine=_text("engine", _field("engine")),
     )
@@ -197,6 +221,10 @@ def search():
     upload = request.files.get("file")
     url, filename = _field("url"), _field("filename")
     add_to_library = _flag(_field("add_to_library"))
+    given = [name for name, value in (("file", upload is not None and upload.filename != ""), ("url", url),
+                                      ("filename", filename)) if value]
+    if len(given) > 1:
+        raise ApiError(400, f"Give one query, not both {' and '.join(given[:2])}.")
     if upload is not None and upload.filename != "":
         data = upload.stream.read(core.settings.max_upload_bytes + 1)
         outcome = core.search_bytes(data, options, add_to_library, upload.filename)
