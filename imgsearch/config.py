@@ -87,6 +87,10 @@ class Settings:
         False, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS",
         "`1` lets URL search fetch loopback and private addresses. Keep `0` unless on a trusted network.",
     )
+    allowed_hosts: str = _field(
+        "", "IMAGE_SEARCH_ALLOWED_HOSTS",
+        "Without a token, the server answers only requests addressed to its bound addresses, `localhost`, `127.0.0.1`, `[::1]` and these comma-separated host names (a guard against DNS rebinding).",
+    )
     token: str = _field(
         "", "IMAGE_SEARCH_TOKEN",
         "When set, upload, delete and generate require `Authorization: Bearer <token>`.",
