@@ -487,6 +487,15 @@ def test_loopback_host_names_are_served(server, host):
     assert status == 200, body
 
 
+@pytest.mark.parametrize("path", ["/", "/api/status", "/images/red_circle.png", "/api/nothing-here"])
+def test_no_site_can_frame_the_app_and_only_its_own_scripts_run(server, path):
+    response = requests.get(server.url + path, timeout=10)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    policy = dict(directive.strip().split(" ", 1) for directive in response.headers["Content-Security-Policy"].split(";"))
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == policy["style-src"] == policy["default-src"] == "'self'"
+
+
 def test_default_bind_is_loopback_without_warning(server):
     assert f"Serving on http://127.0.0.1:{server.port}" in server.output()
     assert "without IMAGE_SEARCH_TOKEN" not in server.output()

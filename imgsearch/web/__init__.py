@@ -19,6 +19,13 @@ log = logging.getLogger(__name__)
 # Only multipart uploads carry images. A JSON or form body beyond this is no request of ours, and parsing
 # one costs several times its size in memory, even before the token is checked.
 MAX_PLAIN_BODY = 1024 * 1024
+# The UI runs only its own scripts and styles (no inline script or style attribute). Images may also be
+# data: (the favicon), blob: (the preview of a query file) or any http(s) URL (the preview of a URL query,
+# which the user typed). No site may frame the UI (clickjacking).
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob: http: https:",
+    "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+])
 
 
 def create_app(settings: Settings | None = None, service: ImageSearchService | None = None) -> Flask:
@@ -41,6 +48,7 @@ def create_app(settings: Settings | None = None, service: ImageSearchService | N
     app.extensions["image_search"] = service
     errors.init_app(app)
     app.before_request(_cap_plain_bodies)
+    app.after_request(_security_headers)
     if not settings.token:
         app.before_request(_host_guard(HostAllowlist.for_settings(settings)))
     app.register_blueprint(pages.blueprint)
@@ -65,3 +73,10 @@ def _host_guard(hosts: HostAllowlist):
 def _cap_plain_bodies():
     if request.mimetype != "multipart/form-data":
         request.max_content_length = MAX_PLAIN_BODY
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
