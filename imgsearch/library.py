@@ -17,6 +17,11 @@ from .persist import FILE_MODE, fsync_dir, remove_temp_files
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 120
+# Device names on Windows whatever the extension (a copy of the library there could not hold them), and
+# names starting with "-", which command-line tools read as options (`rm ---rf.png`), get this prefix.
+WINDOWS_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+                                  *(f"LPT{n}" for n in range(1, 10))})
+SAFE_PREFIX = "image_"
 
 
 class NotFound(LookupError):
@@ -94,6 +99,8 @@ class Library:
     def save_upload(self, data: bytes, client_name: str, extension: str) -> str:
         """Store already-validated image bytes under a fresh, safe name; never overwrites anything."""
         stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
+        if stem.startswith("-") or stem.split(".")[0].upper() in WINDOWS_DEVICE_NAMES:
+            stem = SAFE_PREFIX + stem
         fd, staged = tempfile.mkstemp(prefix=".upload-", dir=self.staging_dir)
         os.fchmod(fd, FILE_MODE)
         try:

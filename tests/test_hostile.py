@@ -247,6 +247,21 @@ def test_hostile_filenames_are_stored_under_a_safe_fresh_name(server, data_dir, 
     assert name in requests.get(server.url + "/api/images", timeout=30).json()["images"]
 
 
+@pytest.mark.parametrize("client_name,stored", [(b"---rf.png", "image_---rf.png"), (b"-n.png", "image_-n.png"),
+                                                (b"CON.png", "image_CON.png"), (b"nul.tar.png", "image_nul.tar.png"),
+                                                (b"lpt1.png", "image_lpt1.png"), (b"console.png", "console.png")])
+def test_names_that_tools_or_windows_misread_get_a_prefix(server, data_dir, client_name, stored):
+    status, _, body = multipart_upload(server, client_name, make_image("green", seed=len(client_name)))
+    assert status == 200 and json.loads(body)["filename"].startswith(stored.rsplit(".", 1)[0])
+    requests.delete(f"{server.url}/api/delete-image/{json.loads(body)['filename']}", timeout=30)
+
+
+def test_echoed_names_are_cut_short(server, unchanged):
+    name = "x" * (MiB - 100)  # as large as a JSON body may be
+    response = requests.post(server.url + "/api/search", json={"filename": name}, timeout=30)
+    assert len(assert_json_error(response, 404)) < 200
+
+
 # ----- paths: nothing outside images/ is ever served, thumbnailed or deleted ------------------------------------
 
 TARGETS = ["../canary.png", "../../canary.png", "../original_filenames.txt", "../images/../canary.png",
