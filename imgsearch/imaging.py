@@ -47,7 +47,8 @@ MAX_JPEG_SCAN_PIXELS = 1_000_000_000
 _JPEG_MARKER = re.compile(rb"\xff+([^\x00\xff\xd0-\xd7])")
 
 # An animated WebP is decoded onto its canvas: libwebp holds two canvas-sized RGBA buffers however small the
-# frames are, so 1×1 frames on an 8000×8000 canvas cost 256 MB each in 138 bytes. Such canvases are refused.
+# frames are, so a 144-byte file with 1×1 frames on an 8000×8000 canvas took 1 GB to decode. Canvases far
+# larger than every frame are refused.
 MAX_CANVAS_PER_FRAME_AREA = 16
 SMALL_CANVAS_PIXELS = 1_000_000  # below this, any canvas is cheap enough to accept
 
