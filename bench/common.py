@@ -220,6 +220,7 @@ class ServerProcess:
         deadline = started + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # closes the log
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
             try:
                 if self.ready(requests.get(self.url + self.ready_path, timeout=5)):

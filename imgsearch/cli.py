@@ -24,7 +24,7 @@ from . import evaluate
 from .engines import ENGINE_NAMES, get_engine, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
 from .extraction import read_image
-from .imaging import ImageError, configure_pillow
+from .imaging import ImageError, configure_decoding
 from .index.exact import ExactIndex
 from .library import Library
 from .persist import atomic_write_bytes
@@ -52,7 +52,7 @@ def load_settings(args: argparse.Namespace) -> Settings:
                                      batch_size=getattr(args, "batch_size", None))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    configure_pillow(settings.max_image_pixels)
+    configure_decoding(settings.max_image_pixels, settings.max_decode_bytes, settings.max_decodes)
     return settings
 
 

@@ -92,9 +92,17 @@ class Settings:
         "exact", "IMAGE_SEARCH_INDEX",
         "Vector index: `exact`, `faiss`, or `milvus:<uri>`: a Milvus Lite file ending in `.db` (relative to the data folder) or `http://host:19530`.",
     )
+    search_engines: str = _field(
+        "", "IMAGE_SEARCH_SEARCH_ENGINES",
+        "Comma-separated other engines a search may name in its `engine` field, e.g. `color`; loaded at startup, and each answers only once its features cover the library. Empty: only the active engine. `custom:` paths are not accepted.",
+    )
     allow_private_urls: bool = _field(
         False, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS",
         "`1` lets URL search fetch loopback and private addresses. Keep `0` unless on a trusted network.",
+    )
+    allowed_hosts: str = _field(
+        "", "IMAGE_SEARCH_ALLOWED_HOSTS",
+        "Without a token, the server answers only requests addressed to its bound addresses, `localhost`, `127.0.0.1`, `[::1]` and these comma-separated host names (a guard against DNS rebinding).",
     )
     token: str = _field(
         "", "IMAGE_SEARCH_TOKEN",
@@ -105,6 +113,18 @@ class Settings:
     max_image_pixels: int = _field(
         64_000_000, "IMAGE_SEARCH_MAX_PIXELS",
         "Largest decoded image, in pixels; larger files are refused as decompression bombs.",
+    )
+    max_decode_mb: int = _field(
+        512, "IMAGE_SEARCH_MAX_DECODE_MB",
+        "Most memory one image decode may take, in MiB, estimated per format from the header before decoding; costlier images are refused.",
+    )
+    max_decodes: int = _field(
+        2, "IMAGE_SEARCH_MAX_DECODES",
+        "Most images decoded at once in the whole process (requests, thumbnails and feature jobs); the others wait their turn.",
+    )
+    max_streams: int = _field(
+        2, "IMAGE_SEARCH_MAX_STREAMS",
+        "Most feature-progress streams open at once; more get 429. Each holds a server thread while its job runs, so keep it well below `--threads` (8).",
     )
     url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
@@ -132,14 +152,29 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        if self.max_streams < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_STREAMS must be at least 1")
+        if self.max_decodes < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_DECODES must be at least 1")
         if self.max_k < 1 or self.default_k < 1:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
             raise ValueError("IMAGE_SEARCH_QUERY_EXPANSION must be 0 (off) or a number of hits")
+        if any(name.startswith("custom:") for name in self.search_engine_names):
+            # A model file can run code when loaded; only IMAGE_SEARCH_MODEL may name one.
+            raise ValueError("IMAGE_SEARCH_SEARCH_ENGINES cannot list custom: models")
+
+    @property
+    def search_engine_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.search_engines.split(",") if name.strip())
 
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
 
     @property
     def images_dir(self) -> Path:

@@ -16,6 +16,11 @@ from .persist import FILE_MODE, fsync_dir, remove_temp_files
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 120
+# Device names on Windows whatever the extension (a copy of the library there could not hold them), and
+# names starting with "-", which command-line tools read as options (`rm ---rf.png`), get this prefix.
+WINDOWS_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
+                                  *(f"LPT{n}" for n in range(1, 10))})
+SAFE_PREFIX = "image_"
 
 
 class NotFound(LookupError):
@@ -107,6 +112,8 @@ class Library:
     def link_upload(self, staged: Path, client_name: str, extension: str) -> str:
         """Give a staged upload a fresh, safe name in `images/`; never overwrites anything."""
         stem = secure_filename(Path(client_name or "").stem)[:MAX_NAME_LENGTH].strip("._") or "image"
+        if stem.startswith("-") or stem.split(".")[0].upper() in WINDOWS_DEVICE_NAMES:
+            stem = SAFE_PREFIX + stem
         for attempt in range(10_000):
             name = f"{stem}.{extension}" if attempt == 0 else f"{stem}_{attempt}.{extension}"
             if name in self.original_names:

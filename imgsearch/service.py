@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +11,7 @@ import numpy as np
 
 from .catalogue import Catalogue, ImageRecord, database_url, describe_url
 from .config import Settings
-from .duplicates import DuplicateGroup, find_duplicate_groups
+from .duplicates import DuplicateFinder, DuplicateGroup
 from .engines import get_engine
 from .engines.base import Engine, WeightsUnavailable
 from .errors import RequestError
@@ -76,9 +75,8 @@ class ImageSearchService:
         self.catalogue = Catalogue(database_url(settings.database, settings.data_dir))
         self.primary = FeatureSpace(self.catalogue, engine, lambda store: make_index(settings, store, engine))
         self._spaces: dict[str, FeatureSpace] = {}
-        self._spaces_lock = threading.Lock()
-        self._duplicates_cache: tuple | None = None
-        self.jobs = JobRunner()
+        self.duplicates = DuplicateFinder(settings.duplicate_threshold)
+        self.jobs = JobRunner(settings.max_streams)
         self.startup_job: Job | None = None
         self._watcher: FolderWatcher | None = None
         self._follower: CatalogueFollower | None = None
@@ -107,6 +105,7 @@ class ImageSearchService:
         if self.settings.watch_folder or self.settings.rescan_seconds:
             self._watcher = FolderWatcher(self.settings.images_dir, self.sync_now, self.settings.rescan_seconds,
                                           notify=self.settings.watch_folder).start()
+        self._spaces = self._open_search_spaces()
         if self.primary.pending():
             self.startup_job = self.generate_features()
         return self
@@ -242,16 +241,9 @@ class ImageSearchService:
             write.remove(unique)
         return unique
 
-    def duplicate_groups(self, threshold: float | None = None) -> list[DuplicateGroup]:
-        """Near-duplicate groups over the whole library; reused until the store changes."""
-        threshold = self.settings.duplicate_threshold if threshold is None else threshold
-        snapshots = self.store.snapshots()
-        cached = self._duplicates_cache
-        if cached and cached[1] == threshold and all(a is b for a, b in zip(cached[0], snapshots)):
-            return cached[2]
-        groups = find_duplicate_groups(snapshots, self.engine.metric, threshold, self.library.is_original)
-        self._duplicates_cache = (snapshots, threshold, groups)
-        return groups
+    def duplicate_groups(self, threshold: float | None = None) -> tuple[float, list[DuplicateGroup]]:
+        """(threshold used, near-duplicate groups over the whole library); reused until the store changes."""
+        return self.duplicates.groups(self.store.snapshots(), self.engine.metric, threshold, self.library.is_original)
 
     # ----- search ------------------------------------------------------------------------------
 
@@ -260,22 +252,34 @@ class ImageSearchService:
             return self.settings.default_k
         return max(1, min(int(k), self.settings.max_k))
 
+    def _open_search_spaces(self) -> dict[str, FeatureSpace]:
+        """The other engines a search may name (IMAGE_SEARCH_SEARCH_ENGINES), loaded here at startup.
+
+        A request can only pick one of these: nothing is ever loaded or read on behalf of a request.
+        """
+        spaces = {}
+        for name in self.settings.search_engine_names:
+            if name == self.engine.name:
+                continue
+            try:
+                engine = get_engine(name, self.settings)
+            except WeightsUnavailable as exc:
+                log.warning("Searches cannot use %s: %s", name, exc)
+                continue
+            spaces[name] = FeatureSpace(self.catalogue, engine,
+                                        lambda store, metric=engine.metric: ExactIndex(store, metric)).open()
+        return spaces
+
     def _space(self, engine_name: str | None) -> FeatureSpace:
-        """The active engine's space, or another engine's whose vectors cover the whole library."""
+        """The active engine's space, or an allowed engine's whose vectors cover the whole library."""
         if not engine_name or engine_name == self.engine.name:
             return self.primary
-        with self._spaces_lock:
-            space = self._spaces.get(engine_name)
-            if space is None:
-                try:
-                    engine = get_engine(engine_name, self.settings)
-                except ValueError as exc:
-                    raise Refused(str(exc), 400) from None
-                except WeightsUnavailable as exc:
-                    raise Refused(str(exc), 409) from None
-                space = FeatureSpace(self.catalogue, engine, lambda store: ExactIndex(store, engine.metric)).open()
-                self._spaces[engine_name] = space
-        missing = len(space.pending(with_unreadable=False))
+        space = self._spaces.get(engine_name)
+        if space is None:
+            # The same answer for every refused name, so a request learns nothing about files or models.
+            offered = ", ".join([self.engine.name, *self._spaces])
+            raise Refused(f"This server does not search with that engine; it offers: {offered}.", 400)
+        missing = len(space.pending())
         if missing:
             raise Refused(f"The {engine_name} features are not ready: {missing} images have none. "
                           f"Run the app once with IMAGE_SEARCH_MODEL={engine_name} to compute them.", 409)

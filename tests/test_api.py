@@ -239,12 +239,14 @@ class TestSearch:
             assert body["query"] == {"type": "filename", "filename": "red_circle.png",
                                      "image_url": "/images/red_circle.png"}
 
-    def test_k_is_clamped(self, client, app):
+    def test_k_is_clamped_above_and_refused_below_one(self, client, app):
         for i in range(4):
             upload(client, make_image("gray", seed=i), f"k{i}.png")
         body = client.post("/api/search", json={"filename": "red_circle.png", "k": 1000}).get_json()
         assert len(body["results"]) == 9
-        assert len(client.post("/api/search", json={"filename": "red_circle.png", "k": 0}).get_json()["results"]) == 1
+        for k in (0, -3, "0"):
+            refused = client.post("/api/search", json={"filename": "red_circle.png", "k": k})
+            assert refused.status_code == 400 and refused.get_json()["error"] == "k must be between 1 and 100."
         assert client.post("/api/search", json={"filename": "red_circle.png", "k": "many"}).status_code == 400
 
     def test_min_similarity_cuts_results(self, client):
@@ -334,10 +336,11 @@ class TestDuplicates:
         assert groups == [["trip.jpg", "trip_copy.jpg"]]
         group = body["groups"][0]
         assert group["pairs"][0]["similarity"] >= 0.95 and group["best_similarity"] >= 0.95
-        everything = client.get("/api/duplicates?threshold=0.0&per_page=1&page=1").get_json()
-        assert everything["total_groups"] == 1 and len(everything["groups"][0]["members"]) == 8
-        assert everything["groups"][0]["members"][0] in [{"filename": n, "is_original": True,
-                                                          "image_url": f"/images/{n}", "thumb_url": f"/images/thumb/{n}"}
-                                                         for n in ("blue_circle.png",)]
-        assert client.get("/api/duplicates?page=2&per_page=1&threshold=0").get_json()["groups"] == []
-        assert client.get("/api/duplicates?threshold=2").status_code == 400
+        assert group["group"] == 1 and group["pair_count"] == 1
+        pairs = client.get("/api/duplicates/1/pairs?threshold=0.95").get_json()
+        assert [(p["a"], p["b"]) for p in pairs["pairs"]] == [("trip.jpg", "trip_copy.jpg")]
+        assert client.get("/api/duplicates/2/pairs?threshold=0.95").status_code == 404
+        assert client.get("/api/duplicates?page=2&per_page=1&threshold=0.95").get_json()["groups"] == []
+        for threshold in ("2", "0", "0.49"):
+            response = client.get(f"/api/duplicates?threshold={threshold}")
+            assert response.status_code == 400 and "between 0.5 and 1" in response.get_json()["error"]

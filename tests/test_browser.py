@@ -122,12 +122,15 @@ def strict_server(tmp_path_factory, cache_dir):
 
 
 class PageProbe:
-    """What a page did that it must not: script errors and JavaScript dialogs (alert from injected HTML)."""
+    """What a page did that it must not: script errors, anything the Content-Security-Policy blocked, and
+    JavaScript dialogs (alert from injected HTML)."""
 
     def __init__(self, page):
         self.errors: list[str] = []
         self.dialogs: list[str] = []
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("console", lambda message: self.errors.append(message.text)
+                if "Content Security Policy" in message.text else None)
         page.on("dialog", self._on_dialog)
 
     def _on_dialog(self, dialog):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from conftest import DEFAULT_ORIGINALS, LiveServer, build_app, make_image, make_library
+from conftest import DEFAULT_ORIGINALS, LiveServer, make_image, make_library
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.imaging import open_image
 

@@ -44,7 +44,7 @@ ALLOWED = {
     "search_name": {200, 404},
     "delete": {200, 404},
     "delete_many": {200, 404},
-    "generate": {200},
+    "generate": {200, 429},  # 429: every progress stream slot is taken while the job runs
     "thumbnail": {200, 404},
     "image": {200, 404},
     "list": {200},

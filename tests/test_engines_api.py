@@ -98,11 +98,14 @@ def test_colour_engine_ranks_by_colour(settings):
     assert {r["filename"] for r in results[:2]} == {"red_circle.png", "red_square.png"}
 
 
-def test_a_search_may_name_another_ready_engine(settings):
+def test_a_search_may_name_another_ready_engine_the_server_offers(settings):
+    settings = dataclasses.replace(settings, search_engines="color")
     lite = build_app(settings).test_client()
     refused = lite.post("/api/search", json={"filename": "red_circle.png", "engine": "color"})
     assert refused.status_code == 409 and "not ready" in refused.get_json()["error"]
-    assert lite.post("/api/search", json={"filename": "red_circle.png", "engine": "nope"}).status_code == 400
+    not_offered = [lite.post("/api/search", json={"filename": "red_circle.png", "engine": name}).get_json()["error"]
+                   for name in ("nope", "vgg16", "custom:/etc/passwd")]
+    assert len(set(not_offered)) == 1 and "efficientnet-lite0, color" in not_offered[0]
 
     build_app(dataclasses.replace(settings, model="color"))  # computes the colour store for this library
     lite = build_app(settings).test_client()

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgsearch.imaging import EXTENSION_FOR_FORMAT
-from imgsearch.library import Library, NotFound
+from imgsearch.library import WINDOWS_DEVICE_NAMES, Library, NotFound
 
 ORIGINALS = ("image.png", "photo.jpg", "red_circle.png", "a.gif", "image_1.png")
 EXTENSIONS = sorted(set(EXTENSION_FOR_FORMAT.values()))
@@ -24,7 +24,7 @@ DATA = b"\x89PNG pretend image bytes"
 TRICKY = st.sampled_from([
     "..", ".", "/", "\\", "\x00", "~", " ", ":", "C:", "%2F", "%00", "..%2f", "\u202e", "\u0301", "\ufeff",
     "名前", "ﬁ", "Ａ", "\ud800", "\udcff", "image", "photo", "red_circle", ".png", ".jpg", ".PNG", ".gif",
-    "/etc/passwd", "../../app.py", "\r\n", "\t", "<script>", "\"", "'",
+    "/etc/passwd", "../../app.py", "\r\n", "\t", "<script>", "\"", "'", "-", "--", "CON", "nul", "Com1", "LPT9",
 ])
 ANY_CHARACTER = st.characters(exclude_categories=())
 NAMES = st.one_of(
@@ -68,6 +68,7 @@ def test_stored_name_is_a_fresh_plain_name_inside_images(library, client_name, e
     assert "/" not in name and "\\" not in name and "\x00" not in name
     assert name not in (".", "..") and not name.startswith(".")
     assert name.isascii() and len(name.encode()) <= 255
+    assert not name.startswith("-") and name.split(".")[0].upper() not in WINDOWS_DEVICE_NAMES
     assert name not in ORIGINALS
     assert name.rsplit(".", 1)[1] == extension
     stored = library.images_dir / name

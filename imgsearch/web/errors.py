@@ -6,7 +6,7 @@ import logging
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from ..errors import RequestError
+from ..errors import RequestError, shorten
 from ..library import NotFound
 
 log = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ def init_app(app: Flask) -> None:
 
     @app.errorhandler(NotFound)
     def not_found(exc: NotFound):
-        return error_response(404, f"No image named {exc.args[0]!r} in the library.")
+        return error_response(404, f"No image named {shorten(exc.args[0])!r} in the library.")
 
     @app.errorhandler(FileNotFoundError)
     def vanished(exc: FileNotFoundError):
