@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -164,6 +165,11 @@ class Library:
                 thumb.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders numbers by value: "IMG_2.jpg" before "IMG_10.jpg", whatever the case."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.casefold()))
 
 
 def read_manifest(path: Path) -> list[str]:

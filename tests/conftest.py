@@ -88,10 +88,12 @@ def settings(data_dir, cache_dir) -> Settings:
 _open_services: list[ImageSearchService] = []
 
 
-def build_app(settings: Settings, wait: bool = True):
+def build_app(settings: Settings, wait: bool = True, close_after_test: bool = True):
+    """An app on a real service; it is closed after the test unless the caller closes it (a module's app)."""
     engine = get_engine(settings.model, settings)
     service = ImageSearchService(settings, engine).open()
-    _open_services.append(service)
+    if close_after_test:
+        _open_services.append(service)
     if wait and service.startup_job is not None:
         service.startup_job.thread.join()
     app = create_app(settings, service=service)

@@ -276,7 +276,7 @@ def test_merge_copies_the_vectors_of_shards_indexed_elsewhere(photos, tmp_path, 
         assert index(capsys, photos, "--shard", shard, "--store", tmp_path / store)[0] == 0
     (photos / "sub" / "red_square.png").unlink()  # gone since: its vector is not merged
     code, out, _ = run(capsys, "merge", photos, tmp_path / "a" / "catalogue.db", tmp_path / "b" / "catalogue.db")
-    assert code == 0 and "copied 5 vectors from 2 catalogue(s)" in out
+    assert code == 0 and "copied from 2 catalogue(s): 5 color-none-chi2 vectors, 5 imagenet-tags-" in out
     assert sorted(stored(photos / COLOR_STORE)) == [name for name in GOOD_IMAGES if name != "sub/red_square.png"]
     code, out, _ = index(capsys, photos)
     assert code == 0 and "0 computed, 5 unchanged" in out

@@ -59,6 +59,19 @@ def get_engine(name: str, settings: Settings) -> Engine:
     return engine
 
 
+def get_tagger(settings: Settings) -> Engine:
+    """The ImageNet tagger (the offline network's classifier), built once per process and cache folder."""
+    key = ("imagenet-tags", str(settings.cache_dir), settings.runtime)
+    with _cache_lock:
+        tagger = _cache.get(key)
+        if tagger is None:
+            from .tagger import ImageNetTagger
+
+            tagger = ImageNetTagger(cache_dir=settings.cache_dir, runtime=settings.runtime).load()
+            _cache[key] = tagger
+    return tagger
+
+
 def load_active_engine(settings: Settings) -> Engine:
     """The engine the settings ask for, or the offline model when its ImageNet weights cannot be had."""
     try:
