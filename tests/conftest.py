@@ -20,7 +20,17 @@ from imgsearch.service import ImageSearchService
 from imgsearch.web import create_app
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-SHARED_DATASETS = PROJECT_DIR.parent / "shared" / "datasets"
+# The labelled evaluation sets are never part of the project: tests that need one find it here, or skip.
+DATASETS = Path(os.environ.get("IMAGE_SEARCH_TEST_DATASETS", PROJECT_DIR.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    """The folder of a labelled evaluation set (corel1k, caltech101), or a skip that says how to supply it."""
+    folder = DATASETS / name
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"the {name} dataset is not at {folder}: set IMAGE_SEARCH_TEST_DATASETS to the folder that "
+                    f"holds {name}/labels.csv (default: ../shared/datasets beside the project)")
+    return folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
