@@ -49,7 +49,7 @@ class Settings:
     )
     runtime: str = _field(
         "onnxruntime", "IMAGE_SEARCH_RUNTIME",
-        "What runs the CNN: `onnxruntime` (its Keras graph exported at startup and checked against Keras; faster on CPU) or `tensorflow`. Falls back to TensorFlow for layers it cannot export.",
+        "What runs the CNN: `onnxruntime` (its Keras graph exported once, checked against Keras and cached, then run without loading TensorFlow; faster and smaller) or `tensorflow`. Falls back to TensorFlow for what it cannot export (GeM pooling, `bfloat16`, some custom layers).",
     )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
@@ -73,7 +73,11 @@ class Settings:
     )
     cache_dir: Path = _field(
         Path.home() / ".cache" / "image-search", "IMAGE_SEARCH_CACHE_DIR",
-        "Where converted model weights are cached.",
+        "Where converted model weights, exported ONNX graphs and failed weight downloads (retried after a day) are remembered; safe to delete.",
+    )
+    keras_home: Path = _field(
+        Path.home() / ".keras", "KERAS_HOME",
+        "Keras's own folder: the ImageNet weights of `resnet50`, `vgg16` and `mobilenetv2` are looked for, and downloaded to, its `models/`.",
     )
     index: str = _field(
         "exact", "IMAGE_SEARCH_INDEX",
@@ -119,6 +123,7 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        object.__setattr__(self, "keras_home", Path(self.keras_home))
         if self.max_k < 1 or self.default_k < 1:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
@@ -172,6 +177,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
             default = "the project folder"
         elif field.name == "cache_dir":
             default = "~/.cache/image-search"
+        elif field.name == "keras_home":
+            default = "~/.keras"
         elif isinstance(default, bool):
             default = int(default)
         elif default == "":

@@ -17,11 +17,14 @@ _cache_lock = threading.Lock()
 
 
 def _build(name: str, settings: Settings) -> Engine:
-    if name in ("resnet50", "vgg16", "mobilenetv2"):
+    from .keras_cnn import NETWORKS
+
+    if name in NETWORKS:
         from .keras_cnn import KerasApplicationEngine
 
         return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None,
-                                      precision=settings.precision, runtime=settings.runtime)
+                                      precision=settings.precision, runtime=settings.runtime,
+                                      cache_dir=settings.cache_dir, keras_home=settings.keras_home)
     if name == OFFLINE_ENGINE:
         from .efficientnet_lite import EfficientNetLite0Engine
 
@@ -35,7 +38,8 @@ def _build(name: str, settings: Settings) -> Engine:
     if name.startswith("custom:"):
         from .custom import CustomKerasEngine
 
-        return CustomKerasEngine(name.removeprefix("custom:"), feature_layer=settings.feature_layer or None)
+        return CustomKerasEngine(name.removeprefix("custom:"), feature_layer=settings.feature_layer or None,
+                                 runtime=settings.runtime, cache_dir=settings.cache_dir)
     raise ValueError(f"Unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
 
 
@@ -50,7 +54,8 @@ def parse_scales(text: str) -> tuple[int, ...]:
 def get_engine(name: str, settings: Settings) -> Engine:
     """The loaded engine called `name`, built once per process and settings."""
     key = (name, settings.weights, settings.metric, settings.precision, settings.feature_layer, str(settings.cache_dir),
-           settings.feature_pooling, settings.feature_scales, settings.flip_average, settings.runtime)
+           str(settings.keras_home), settings.feature_pooling, settings.feature_scales, settings.flip_average,
+           settings.runtime)
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:
