@@ -106,7 +106,8 @@ class Settings:
     )
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
     max_k: int = _field(100, "IMAGE_SEARCH_MAX_K", "Upper bound on `k` for one search.")
-    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL", "Python logging level.")
+    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL",
+                            "Python logging level; `DEBUG` also shows TensorFlow's start-up messages.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":

@@ -8,11 +8,16 @@ Keras on a probe batch, cached, and used; what cannot be exported runs on Tensor
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
 import logging
+import os
+import re
+import sys
+import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +27,10 @@ from .onnx_runtime import MIN_PROBE_COSINE, UnsupportedModel, agreement, release
 log = logging.getLogger(__name__)
 
 Features = Callable[[np.ndarray], np.ndarray]
+
+# What TensorFlow's C++ side prints while it loads: absl's notice about logging before it is set up,
+# absl-formatted lines (I1130 ..., W1130 ...), and the continuation of its CPU-instructions notice.
+_START_UP_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog|[IW]\d{4} |To enable the )")
 
 
 @dataclasses.dataclass
@@ -94,7 +103,47 @@ def _checked_export(name: str, features: KerasFeatures) -> tuple[Features, bytes
 
 
 def import_tensorflow():
-    """Import TensorFlow (once) and return it."""
-    import tensorflow
+    """Import TensorFlow (once) and return it; below DEBUG logging, its start-up messages are kept off stderr.
 
+    TensorFlow 2.21 prints absl's "before InitializeLog" notice and its oneDNN notice once per native
+    library, before it reads TF_CPP_MIN_LOG_LEVEL, so that variable alone cannot silence them: the import
+    runs with the process's stderr captured, and captured lines go to the log at DEBUG (anything else that
+    was written meanwhile, by other threads, goes back to stderr).
+    """
+    if "tensorflow" in sys.modules:
+        return sys.modules["tensorflow"]
+    if log.isEnabledFor(logging.DEBUG):
+        import tensorflow
+        return tensorflow
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    with _captured_stderr() as captured:
+        import tensorflow
+    for line in captured:
+        if _START_UP_NOISE.match(line):
+            log.debug("TensorFlow: %s", line.rstrip())
+        else:
+            sys.stderr.write(line)
+    # Keras reports through absl's Python logger (saving formats, compiled metrics): warnings for developers.
+    from absl import logging as absl_logging
+
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    tensorflow.get_logger().setLevel(logging.ERROR)
     return tensorflow
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Redirect file descriptor 2 (Python's and native code's stderr) to a temporary file for the block."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines.extend(capture.read().decode("utf-8", errors="replace").splitlines(keepends=True))
