@@ -17,7 +17,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=8, help="request threads of the waitress server")
     parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress")
     args = parser.parse_args(argv)
-    settings = Settings.from_env(host=args.host, port=args.port)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port)
+    except ValueError as exc:
+        parser.error(str(exc))  # one line and exit code 2, before anything loads
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if settings.host not in LOOPBACK_NAMES and not settings.token:
         log.warning("Binding to %s without IMAGE_SEARCH_TOKEN: anyone who can reach this address can upload "

@@ -129,6 +129,9 @@ class Settings:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
             raise ValueError("IMAGE_SEARCH_QUERY_EXPANSION must be 0 (off) or a number of hits")
+        from .engines import check_settings  # the engines know their options; they import this module
+
+        check_settings(self)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "vgg16", "mobilenetv2", "color", "custom:<path>")
 OFFLINE_ENGINE = "efficientnet-lite0"
+MIN_SCALE, MAX_SCALE = 32, 1024
 
 _cache: dict[tuple, Engine] = {}
 _cache_lock = threading.Lock()
@@ -46,9 +47,38 @@ def _build(name: str, settings: Settings) -> Engine:
 def parse_scales(text: str) -> tuple[int, ...]:
     """"224,288" -> (224, 288)."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        scales = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"IMAGE_SEARCH_FEATURE_SCALES must be comma-separated whole numbers, got {text!r}") from None
+    if not scales or min(scales) < MIN_SCALE or max(scales) > MAX_SCALE:
+        raise ValueError(f"IMAGE_SEARCH_FEATURE_SCALES must be input sizes from {MIN_SCALE} to {MAX_SCALE}, "
+                         f"got {text!r}")
+    return scales
+
+
+def check_settings(settings: Settings) -> None:
+    """Refuse engine options that cannot work, naming the setting, before any model loads (no TensorFlow)."""
+    from .efficientnet_lite import POOLINGS
+    from .keras_cnn import NETWORKS, PRECISIONS
+    from .onnx_runtime import RUNTIMES
+
+    name = settings.model
+    if name not in ENGINE_NAMES and not (name.startswith("custom:") and len(name) > len("custom:")):
+        raise ValueError(f"IMAGE_SEARCH_MODEL: unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
+    for env, value, allowed in (("IMAGE_SEARCH_RUNTIME", settings.runtime, RUNTIMES),
+                                ("IMAGE_SEARCH_PRECISION", settings.precision, PRECISIONS),
+                                ("IMAGE_SEARCH_FEATURE_POOLING", settings.feature_pooling, POOLINGS)):
+        if value not in allowed:
+            raise ValueError(f"{env} must be one of {', '.join(allowed)}, not {value!r}")
+    parse_scales(settings.feature_scales)
+    metrics = NETWORKS[name].metrics if name in NETWORKS else ("chi2",) if name == "color" else ("cosine",)
+    if settings.metric and settings.metric not in metrics:
+        raise ValueError(f"IMAGE_SEARCH_METRIC: {name} ranks by {' or '.join(metrics)}, not {settings.metric!r}")
+    if settings.precision != "float32" and name not in NETWORKS:
+        raise ValueError(f"IMAGE_SEARCH_PRECISION={settings.precision} applies only to "
+                         f"{', '.join(NETWORKS)}, not {name}")
+    if settings.feature_layer and not name.startswith("custom:"):
+        raise ValueError(f"IMAGE_SEARCH_FEATURE_LAYER applies only to custom:<path> engines, not {name}")
 
 
 def get_engine(name: str, settings: Settings) -> Engine:
