@@ -99,7 +99,5 @@ def load_active_engine(settings: Settings) -> Engine:
     try:
         return get_engine(settings.model, settings)
     except WeightsUnavailable as exc:
-        log.warning("%s; falling back to the offline model %s", exc, OFFLINE_ENGINE)
-        engine = get_engine(OFFLINE_ENGINE, settings)
-        engine.fallback_reason = f"{exc} Using the offline {OFFLINE_ENGINE} model instead."
-        return engine
+        log.warning("%s Falling back to the offline model %s.", exc, OFFLINE_ENGINE)
+        return get_engine(OFFLINE_ENGINE, settings).standing_in(f"{exc} Using the offline {OFFLINE_ENGINE} model instead.")
