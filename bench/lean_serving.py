@@ -2,7 +2,7 @@
 
 For each configuration (the default settings on a machine without ResNet50's weights, `efficientnet-lite0`
 named explicitly, and `resnet50` with random weights) one prefilled library of N stored vectors is served by
-`python app.py` three ways:
+`python app.py` three ways, the three servers running side by side and searched in turns:
 - lean (ours): the graph was cached by `python -m imgsearch prepare` beforehand, so TensorFlow is not loaded;
 - cold: an empty cache folder, so the start imports TensorFlow, builds the Keras model, exports and checks
   it, as every start did before the graph was cached (the query-time reference);
@@ -16,6 +16,7 @@ bench photos, computed in this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -55,22 +56,30 @@ def _server(data_dir: Path, env: dict[str, str], log_path: Path) -> ServerProces
                          log_path, "/api/check-features")
 
 
-def _serve(data_dir: Path, env: dict[str, str], log_path: Path, jpeg: bytes, queries: int) -> dict:
-    with _server(data_dir, env, log_path) as server:
-        startup = server.seconds_to_first_answer
-        seconds = []
+def _serve_side_by_side(data_dir: Path, envs: dict[str, dict[str, str]], logs: Path, jpeg: bytes,
+                        queries: int) -> dict[str, dict]:
+    """Start one server per kind in turn (each start timed while the others idle), then search them in
+    turns, one query each round, so a busy machine slows every kind alike; RSS is read after the searches."""
+    with contextlib.ExitStack() as stack:
+        servers = {kind: stack.enter_context(_server(data_dir, env, logs / f"{kind}.log"))
+                   for kind, env in envs.items()}
+        seconds: dict[str, list[float]] = {kind: [] for kind in servers}
         with requests.Session() as session:
-            for i in range(queries + 2):  # two warm-up searches
-                start = time.perf_counter()
-                response = session.post(server.url + "/api/search", files={"file": ("q.jpg", jpeg, "image/jpeg")},
-                                        timeout=120)
-                response.raise_for_status()
-                if i >= 2:
-                    seconds.append(time.perf_counter() - start)
-            status = session.get(server.url + "/api/status", timeout=30).json()
-        return {"startup_s": startup, **server.memory(), **latency_summary(seconds),
-                "tensorflow_loaded": "libtensorflow" in Path(f"/proc/{server.process.pid}/maps").read_text(),
-                "model": status["model"], "runtime": status["runtime"], "fallback": status["fallback"]}
+            for round_number in range(queries + 2):  # two warm-up rounds
+                for kind, server in servers.items():
+                    start = time.perf_counter()
+                    response = session.post(server.url + "/api/search",
+                                            files={"file": ("q.jpg", jpeg, "image/jpeg")}, timeout=120)
+                    response.raise_for_status()
+                    if round_number >= 2:
+                        seconds[kind].append(time.perf_counter() - start)
+            statuses = {kind: session.get(server.url + "/api/status", timeout=30).json()
+                        for kind, server in servers.items()}
+        return {kind: {"startup_s": server.seconds_to_first_answer, **server.memory(), **latency_summary(seconds[kind]),
+                       "tensorflow_loaded": "libtensorflow" in Path(f"/proc/{server.process.pid}/maps").read_text(),
+                       "model": statuses[kind]["model"], "runtime": statuses[kind]["runtime"],
+                       "fallback": statuses[kind]["fallback"]}
+                for kind, server in servers.items()}
 
 
 def _prepare(env: dict[str, str]) -> float:
@@ -116,17 +125,19 @@ def run(labels: list[str], n: int, workdir: Path, queries: int, photos: list[Pat
         prepare_s = _prepare(env)
         measured = {"lean": [], "cold": [], "tensorflow": []}
         for repeat in range(repeats):
-            measured["lean"].append(_serve(data_dir, env, workdir / f"lean-{slug}.log", jpeg, queries))
+            envs = {"lean": env}
             if cold:
                 # Only the converted weights are kept, as before graphs were cached: the graph is exported again.
                 cold_cache = workdir / f"lean-cold-{slug}-{repeat}"
                 cold_cache.mkdir()
                 for converted in cache.glob("*.npz"):
                     shutil.copy(converted, cold_cache)
-                cold_env = {**env, "IMAGE_SEARCH_CACHE_DIR": str(cold_cache)}
-                measured["cold"].append(_serve(data_dir, cold_env, workdir / f"lean-cold-{slug}.log", jpeg, queries))
-            measured["tensorflow"].append(_serve(data_dir, {**env, "IMAGE_SEARCH_RUNTIME": "tensorflow"},
-                                                 workdir / f"lean-tf-{slug}.log", jpeg, queries))
+                envs["cold"] = {**env, "IMAGE_SEARCH_CACHE_DIR": str(cold_cache)}
+            envs["tensorflow"] = {**env, "IMAGE_SEARCH_RUNTIME": "tensorflow"}
+            logs = workdir / f"lean-logs-{slug}-{repeat}"
+            logs.mkdir()
+            for kind, result in _serve_side_by_side(data_dir, envs, logs, jpeg, queries).items():
+                measured[kind].append(result)
         served = measured["lean"][0]["model"]
         cosine = _vector_agreement(served, env, photos)
         lean, baseline = measured["lean"], measured["tensorflow"]
