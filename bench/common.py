@@ -252,6 +252,14 @@ class ServerProcess:
         self.stop()
 
 
+def app_env(model: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings the benchmarks serve `model` with: Keras networks on random weights."""
+    env = {"IMAGE_SEARCH_MODEL": model, "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    if model in ("resnet50", "vgg16", "mobilenetv2"):
+        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    return env
+
+
 def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, threads: int | None = None,
                extra_env: dict[str, str] | None = None) -> ServerProcess:
     """`python app.py` (waitress) or `python app.py --dev` on the given data folder."""
@@ -260,11 +268,16 @@ def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, th
         command.append("--dev")
     if threads:
         command += ["--threads", str(threads)]
-    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": model,
-           "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    if model in ("resnet50", "vgg16", "mobilenetv2"):
-        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), **app_env(model, extra_env)}
     return ServerProcess(command, env, log_path, "/api/check-features")
+
+
+def prepare_graphs(env: dict[str, str]) -> float:
+    """Seconds `python -m imgsearch prepare` takes to export (or find) the graph the settings in `env` use."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "imgsearch", "prepare"], cwd=PROJECT_DIR, env={**os.environ, **env},
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def seed_server(data_dir: Path, model: str, log_path: Path) -> ServerProcess:

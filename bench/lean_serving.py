@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,8 +32,8 @@ if __package__ in (None, ""):
 import numpy as np  # noqa: E402
 import requests  # noqa: E402
 
-from bench.common import (PROJECT_DIR, ServerProcess, latency_summary, prefill_library, query_jpeg,  # noqa: E402
-                          result_row, write_photos)
+from bench.common import (PROJECT_DIR, ServerProcess, latency_summary, prefill_library,  # noqa: E402
+                          prepare_graphs, query_jpeg, result_row, write_photos)
 
 # The weights' origin is reached through a proxy address where nothing listens, and Keras's folder is empty:
 # the default start then meets missing ResNet50 weights on any machine, and nothing is downloaded.
@@ -82,13 +81,6 @@ def _serve_side_by_side(data_dir: Path, envs: dict[str, dict[str, str]], logs: P
                 for kind, server in servers.items()}
 
 
-def _prepare(env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "imgsearch", "prepare"], cwd=PROJECT_DIR, env={**os.environ, **env},
-                   check=True, capture_output=True)
-    return time.perf_counter() - start
-
-
 def _vector_agreement(model: str, env: dict[str, str], photos: list[Path]) -> float:
     """The lowest cosine between ONNX Runtime (from the cached graph) and TensorFlow vectors of the photos."""
     from imgsearch.config import Settings
@@ -122,7 +114,7 @@ def run(labels: list[str], n: int, workdir: Path, queries: int, photos: list[Pat
                **settings}
         data_dir = workdir / f"lean-{slug}-{n}"
         prefill_library(data_dir, model, n)
-        prepare_s = _prepare(env)
+        prepare_s = prepare_graphs(env)
         measured = {"lean": [], "cold": [], "tensorflow": []}
         for repeat in range(repeats):
             envs = {"lean": env}
