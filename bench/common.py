@@ -175,7 +175,9 @@ def result_row(section: str, metric: str, unit: str, ours: float | None, baselin
 
 
 def machine_info() -> dict:
-    import tensorflow as tf
+    from imgsearch.engines.runtime import import_tensorflow
+
+    tf = import_tensorflow()  # its start-up messages kept off the table's terminal, as in the app
 
     model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                        if line.startswith("model name")), platform.processor())

@@ -2,7 +2,8 @@
 
 Every line shows our figure, the seed-style baseline measured in the same run on the same machine,
 and the speed-up (baseline / ours for times, ours / baseline for rates). Results go to bench/results.json.
-Full mode takes about 5 minutes on 2 cores (up to 15 on a busy machine); --quick about 80 s; --smoke less.
+Full mode took about 5 minutes on 2 cores before the lean section, which adds several more (ten or more
+in all on a busy machine); --quick took 3.8 minutes on a busy machine; --smoke less.
 Nothing here asserts a number: the targets column only reports.
 """
 from __future__ import annotations
@@ -115,7 +116,7 @@ def run(mode: str, output: Path, sections: tuple[str, ...] = SECTIONS) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Image search performance suite.")
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small sizes, about 80 seconds")
+    size.add_argument("--quick", action="store_true", help="small sizes, a few minutes")
     size.add_argument("--smoke", action="store_true", help="tiny sizes, only checks that every part runs")
     parser.add_argument("--only", choices=SECTIONS, action="append", help="run only this section (repeatable)")
     parser.add_argument("--output", type=Path, default=RESULTS_PATH, help="where to write the JSON results")
