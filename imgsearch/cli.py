@@ -10,6 +10,7 @@ A CommandError ends the command with its message on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -24,6 +25,7 @@ from . import evaluate
 from .engines import ENGINE_NAMES, get_engine, get_tagger, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
 from .extraction import read_image
+from .engines.keras_weights import forget_failed_downloads
 from .errors import RequestError
 from .imaging import ImageError, configure_decoding
 from .index.exact import ExactIndex
@@ -318,6 +320,24 @@ def run_rebuild(args: argparse.Namespace) -> int:
         service.close()
 
 
+def run_prepare(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if args.retry_download:
+        forget_failed_downloads(settings.cache_dir)
+    for name in dict.fromkeys(args.engines or [settings.model]):
+        try:
+            engine = load_engine(dataclasses.replace(settings, model=name))
+        except ValueError as exc:  # the settings' own check, for this engine
+            raise CommandError(str(exc)) from None
+        print(f"{name}: {engine.model_id} runs on {engine.runtime}"
+              + (f", standing in: {engine.fallback_reason}" if engine.fallback_reason else ""))
+    if settings.tag_images:
+        tagger = get_tagger(settings)
+        print(f"tags: {tagger.model_id} runs on {tagger.runtime}")
+    print(f"exported graphs are cached in {settings.cache_dir / 'onnx'}")
+    return 0
+
+
 def run_evaluate(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     for dataset in args.datasets:
@@ -429,6 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser("rebuild", parents=[engine_options],
                                   help="rebuild the app's vector index from its catalogue")
     rebuild.set_defaults(run=run_rebuild)
+
+    prepare = commands.add_parser(
+        "prepare", help="export and check the engines' ONNX graphs now, so the app starts without TensorFlow",
+        description="Build each engine once: its Keras model is exported to ONNX, checked against Keras and "
+                    "cached in IMAGE_SEARCH_CACHE_DIR, so the app and the other commands then run it without "
+                    "loading TensorFlow. The engines' variants come from the settings. ImageNet weights that "
+                    "cannot be had are remembered for a day, and the offline model is prepared in their place.")
+    prepare.add_argument("--engine", dest="engines", action="append", metavar="NAME",
+                         help=f"engine to prepare, repeatable: {', '.join(ENGINE_NAMES)} "
+                              "(default: IMAGE_SEARCH_MODEL, else resnet50)")
+    prepare.add_argument("--weights", metavar="W", help="Keras engines: imagenet, a weights file, or random")
+    prepare.add_argument("--retry-download", action="store_true",
+                         help="try downloading ImageNet weights again now, even if it failed within the last day")
+    prepare.set_defaults(run=run_prepare)
 
     evaluation = commands.add_parser(
         "evaluate", help="measure retrieval quality on labelled image folders",

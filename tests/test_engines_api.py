@@ -17,7 +17,7 @@ ENGINES = {
     "vgg16": (4096, "euclidean", "onnxruntime"),
     "mobilenetv2": (1280, "cosine", "onnxruntime"),
     "color": (1440, "chi2", "numpy"),
-    "custom": (16, "cosine", "tensorflow"),
+    "custom": (16, "cosine", "onnxruntime"),
 }
 
 

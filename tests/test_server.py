@@ -79,6 +79,6 @@ def test_offline_fallback_is_announced(data_dir, cache_dir, tmp_path):
         assert status["model"] == "efficientnet-lite0" and status["fallback"] is True
         assert "ResNet50" in status["fallback_reason"] or "resnet50" in status["fallback_reason"]
         assert status["indexed"] == 6
-        assert "falling back to the offline model" in server.output()
+        assert "Falling back to the offline model" in server.output()
     finally:
         server.stop()

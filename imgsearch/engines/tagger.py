@@ -8,15 +8,14 @@ catalogue, followed across processes and computed by the sync loop exactly like 
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 
 from ..tagging import TAGS_PER_IMAGE, TAG_FLOOR, top_tags
-from .efficientnet_lite import INPUT_SIZE, INPUT_TRANSFORM, EfficientNetLite0Engine, assign_weights, build_backbone
-from .onnx_runtime import load_runner, probe_pixels
-
-log = logging.getLogger(__name__)
+from .efficientnet_lite import (CACHE_FORMAT, INPUT_SIZE, INPUT_TRANSFORM, EfficientNetLite0Engine, assign_weights,
+                                build_backbone, checkpoint_path)
+from .graph_cache import GraphKey, file_sha256
+from .onnx_runtime import export, probe_pixels
+from .runtime import KerasFeatures, compile_features, import_tensorflow
 
 
 class ImageNetTagger(EfficientNetLite0Engine):
@@ -30,22 +29,28 @@ class ImageNetTagger(EfficientNetLite0Engine):
         return f"lite0-top{TAGS_PER_IMAGE}-p{TAG_FLOOR:g}"
 
     def _load(self) -> None:
+        key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path()),
+                       (("conversion", str(CACHE_FORMAT)),))
+        compiled = compile_features(self.name, self._keras_logits, self.requested_runtime, self.cache_dir, key)
+        self._logits, self.runtime = compiled.run, compiled.runtime
+
+    def _keras_logits(self) -> KerasFeatures:
+        """The backbone with the checkpoint's classifier on top, as one Keras model: pixels -> 1000 logits."""
+        tf = import_tensorflow()
         import keras
 
-        layers = self._converted_weights()
         backbone = build_backbone(INPUT_SIZE)
         logits = keras.layers.Dense(1000, name="classifier")(backbone.output)
         model = keras.Model(backbone.input, logits, name="efficientnet_lite0_classifier")
-        assign_weights(model, layers)
-        runner = None
-        if self.requested_runtime == "onnxruntime":
-            runner = load_runner(model, INPUT_TRANSFORM, probe_pixels(INPUT_SIZE))
-        if runner is not None:
-            self.runtime = "onnxruntime"
-            self._logits = runner
-        else:
-            self._logits = lambda batch: np.asarray(model(INPUT_TRANSFORM.apply(batch), training=False))
-        log.info("Loaded the ImageNet tagger on %s", self.runtime)
+        assign_weights(model, self._converted_weights())
+
+        @tf.function(input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.uint8)])
+        def run(batch):
+            return model((tf.cast(batch, tf.float32) - INPUT_TRANSFORM.mean[0]) * INPUT_TRANSFORM.scale,
+                         training=False)
+
+        return KerasFeatures(run=lambda batch: run(batch).numpy(), probe=probe_pixels(INPUT_SIZE),
+                             export=lambda: export(model, INPUT_TRANSFORM))
 
     def _extract(self, batch: np.ndarray) -> np.ndarray:
         classes, probabilities = top_tags(softmax(self._logits(np.ascontiguousarray(batch, dtype=np.uint8))))
