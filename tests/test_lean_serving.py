@@ -53,7 +53,8 @@ def tensorflow_is_loaded(pid: int) -> bool:
 def test_prepare_exports_and_checks_each_engine_once_and_quietly(prepared, lean_env):
     assert "efficientnet-lite0: efficientnet-lite0-imagenet-s160+224-flip-cosine runs on onnxruntime" in prepared.stdout
     assert "mobilenetv2: mobilenetv2-random-cosine runs on onnxruntime" in prepared.stdout
-    assert len(list((Path(lean_env["IMAGE_SEARCH_CACHE_DIR"]) / "onnx").glob("*.onnx"))) == 2
+    assert "tags: imagenet-tags-lite0-top20-p0.005-tags runs on onnxruntime" in prepared.stdout
+    assert len(list((Path(lean_env["IMAGE_SEARCH_CACHE_DIR"]) / "onnx").glob("*.onnx"))) == 3  # and the tagger
     assert not [noise for noise in TENSORFLOW_NOISE if noise in prepared.stderr], prepared.stderr
 
 
