@@ -9,7 +9,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from conftest import PROJECT_DIR
+
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 SECTIONS = {"extraction", "search", "http", "startup_memory", "lean"}
 ROW_KEYS = {"section", "metric", "unit", "ours", "baseline", "speedup", "higher_is_better", "target", "target_met"}

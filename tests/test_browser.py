@@ -21,6 +21,9 @@ from PIL import Image
 
 from conftest import CHROMIUM, LiveServer, loopback_server, make_image, make_library
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")

@@ -17,6 +17,9 @@ from conftest import PROJECT_DIR, LiveServer, make_library
 from imgsearch.config import Settings
 from test_browser import XSS_NAME, _new_page, api_images, card, open_app, screenshot, sync_api, toast
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 expect = sync_api.expect
 
 PHOTO = "cat_chelsea.jpg"

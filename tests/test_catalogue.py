@@ -17,6 +17,9 @@ from conftest import DEFAULT_ORIGINALS, LiveServer, make_image, make_library
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.imaging import open_image
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 COLOR = {"IMAGE_SEARCH_MODEL": "color"}
 # How long a test waits for something that should take about a second; it bounds a hang, it times nothing.
 PATIENCE = 30

@@ -32,6 +32,9 @@ from imgsearch.catalogue import Catalogue, database_url, read_vectors
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.store import FeatureSet
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 DURATION = float(os.environ.get("IMAGE_SEARCH_CONCURRENCY_SECONDS", "30"))
 CLIENTS = 20
 COLOURS = ["red", "green", "blue", "yellow", "purple", "gray"]

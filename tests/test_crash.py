@@ -20,6 +20,9 @@ from conftest import LiveServer, make_image, make_library
 from imgsearch.catalogue import Catalogue, database_url, read_vectors
 from imgsearch.engines.color import ColorHistogramEngine
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 ENV = {"IMAGE_SEARCH_MODEL": "color", "IMAGE_SEARCH_BATCH_SIZE": "4", "IMAGE_SEARCH_WATCH": "0",
        "IMAGE_SEARCH_RESCAN_SECONDS": "0"}
 HAND_COPIED = 150

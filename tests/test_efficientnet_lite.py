@@ -19,6 +19,9 @@ from imgsearch.tagging import rank_by_text, top_tags  # noqa: E402
 from imgsearch.torch_checkpoint import load_legacy_state_dict  # noqa: E402
 from imgsearch.vocabulary import load as load_vocabulary  # noqa: E402
 
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 # Sample photos bundled in the scikit-image wheel, with the ImageNet classes they must come out as.
 EXPECTED_CLASSES = {
     "chelsea": {281, 282, 285},         # tabby, tiger cat, Egyptian cat

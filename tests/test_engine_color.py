@@ -134,6 +134,7 @@ def test_similarity_spans_zero_to_one(engine):
     assert chi2_similarity(np.array([7.0, -1.0, 2.5])) == pytest.approx([0.0, 1.0, 0.5])
 
 
+@pytest.mark.slow
 def test_corel1k_retrieval_matches_the_reference():
     """Leave-one-out on Corel-1k, chi-squared ranking: the reference descriptor gives P@10 0.715, mAP 0.501."""
     from imgsearch.imaging import open_image

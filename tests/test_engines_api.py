@@ -10,6 +10,9 @@ import pytest
 from conftest import build_app, make_image
 from imgsearch.catalogue import model_dimensions
 
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 ENGINES = {
     # name: (dimension, metric, what runs it)
     "resnet50": (2048, "cosine", "onnxruntime"),

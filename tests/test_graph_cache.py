@@ -13,6 +13,9 @@ import pytest
 
 from imgsearch.engines.custom import CustomKerasEngine
 
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("onnxruntime")
 
 SIZE = 40

@@ -18,7 +18,9 @@ import requests
 
 from conftest import PROJECT_DIR, LiveServer, make_image
 
-pytestmark = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps (Linux)")
+# Slow: real server processes; `make test-fast` leaves these out.
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps (Linux)")]
 
 TENSORFLOW_NOISE = ("oneDNN custom operations", "absl::InitializeLog", "cpu_feature_guard")
 # The variant the settings may make the default (several scales, mirrored too) must serve lean as well.

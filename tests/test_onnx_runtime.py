@@ -18,6 +18,9 @@ from imgsearch.engines.onnx_runtime import (
 )
 from imgsearch.engines.runtime import KerasFeatures, compile_features
 
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 onnxruntime = pytest.importorskip("onnxruntime")
 
 

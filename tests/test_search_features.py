@@ -219,6 +219,7 @@ def test_the_gallery_lists_the_users_images_first_in_natural_order(client):
 # ----- the command line ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_command_line_searches_by_words_region_and_feedback(tmp_path):
     folder = tmp_path / "photos"
     folder.mkdir()

@@ -1,9 +1,13 @@
 """`python app.py` as a real process, over real HTTP."""
 from __future__ import annotations
 
+import pytest
 import requests
 
 from conftest import LiveServer, make_image
+
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 
 def test_full_flow_over_http(data_dir, cache_dir, image_server):
