@@ -3,6 +3,7 @@ tied together without any HTTP."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -31,6 +32,12 @@ from .vocabulary import TextMatch, load as load_vocabulary
 from .watch import CatalogueFollower, FolderWatcher
 
 log = logging.getLogger(__name__)
+
+# The catalogue remembers which engine served last, and with which of these settings, to fall back on it
+# while a newly chosen engine computes its vectors.
+SERVING_ENGINE = "serving_engine"
+ENGINE_SETTINGS = ("weights", "metric", "precision", "feature_layer", "feature_pooling", "feature_scales",
+                   "flip_average", "runtime")
 
 
 class Refused(RequestError):
@@ -86,6 +93,9 @@ class ImageSearchService:
                                settings.originals_manifest)
         self.catalogue = Catalogue(database_url(settings.database, settings.data_dir))
         self.primary = FeatureSpace(self.catalogue, engine, lambda store: make_index(settings, store, engine))
+        # What searches use: the active engine's space, or, while its vectors are still being computed after
+        # the engine changed, the previous engine's (see `_previous_space`).
+        self.serving = self.primary
         self.tagger = get_tagger(settings) if settings.tag_images else None
         # Tags are never ranked by similarity: the exact "index" is only there because every space has one.
         self.tags = FeatureSpace(self.catalogue, self.tagger, lambda store: ExactIndex(store, "tags")) \
@@ -100,11 +110,11 @@ class ImageSearchService:
 
     @property
     def store(self):
-        return self.primary.store
+        return self.serving.store
 
     @property
     def index(self):
-        return self.primary.index
+        return self.serving.index
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -117,6 +127,8 @@ class ImageSearchService:
         reconcile(self.catalogue, self.library)
         import_legacy_feature_files(self.catalogue, self.settings.features_dir)
         self.primary.open()
+        self.serving = self._previous_space() or self.primary
+        self._record_serving_engine()
         if self.tags:
             self.tags.open()
         self.library.remove_orphan_thumbnails()
@@ -178,8 +190,12 @@ class ImageSearchService:
                 "total": self.startup_job.total if startup_running else 0,
             },
             "catalogue": {"backend": self.catalogue.backend, "url": describe_url(self.catalogue.url)},
+            # While the engine changes: searches use `from` until `to` has a vector for every image.
+            "switch": None if self.serving is self.primary else {
+                "from": self.serving.model_id, "to": self.primary.model_id,
+                "done": len(self.primary.store), "total": len(self.catalogue)},
             # Changes whenever the gallery or the vectors change, here or through another process.
-            "library_version": f"{self.catalogue.version}.{self.primary.version}",
+            "library_version": f"{self.catalogue.version}.{self.primary.version}.{self.serving.model_id}",
             "index": self.index.describe(),
         }
 
@@ -205,14 +221,64 @@ class ImageSearchService:
         job.thread.join()
 
     def _synced_spaces(self) -> list[FeatureSpace]:
-        """What the feature job keeps current: the active engine's vectors and, when tagging, the tags."""
-        return [self.primary, self.tags] if self.tags else [self.primary]
+        """What the feature job and uploads keep current: the active engine's vectors, the previous engine's
+        while it still serves, and, when tagging, the tags."""
+        return [space for space in dict.fromkeys([self.primary, self.serving, self.tags]) if space is not None]
 
     def _sync(self, progress: Progress, retry_unreadable: bool) -> dict:
         report = sync(self.catalogue, self._synced_spaces(), self.library, batch_size=self.settings.batch_size,
                       workers=self.settings.decode_workers, max_pixels=self.settings.max_image_pixels,
                       progress=progress, retry_unreadable=retry_unreadable)
+        self._switch_when_ready()
         return {**self.feature_counts(), "computed": report.computed}
+
+    # ----- changing engines --------------------------------------------------------------------
+
+    def _previous_space(self) -> FeatureSpace | None:
+        """The engine that served before, while the active engine's vectors are incomplete.
+
+        Changing the engine (or its settings) changes the feature space, and computing every vector again
+        takes a while: meanwhile searches keep using the previous engine, whose vectors are all there.
+        """
+        recorded = self.catalogue.read_state(SERVING_ENGINE)
+        if recorded is None or not self.primary.pending():
+            return None
+        spec = json.loads(recorded)
+        if spec["model_id"] == self.engine.model_id:
+            return None
+        try:
+            engine = get_engine(spec["name"], dataclasses.replace(self.settings, model=spec["name"],
+                                                                  **spec["settings"]))
+        except Exception as exc:  # its weights or its settings are gone: nothing to fall back on
+            log.warning("The previous engine %s cannot be loaded (%s); searches use %s at once",
+                        spec["model_id"], exc, self.engine.model_id)
+            return None
+        previous = FeatureSpace(self.catalogue, engine, lambda store: make_index(self.settings, store, engine)).open()
+        if len(previous.pending()) >= len(self.primary.pending()):
+            previous.close()
+            return None
+        log.info("Searches use %s until the %s features are complete (%d images to go)",
+                 engine.model_id, self.engine.model_id, len(self.primary.pending()))
+        return previous
+
+    def _switch_when_ready(self) -> None:
+        """Once the active engine covers the library, searches move to it and the previous engine is let go."""
+        previous = self.serving
+        if previous is not self.primary and not self.primary.pending():
+            self.serving = self.primary
+            previous.close()
+            log.info("Searches now use %s", self.engine.model_id)
+        self._record_serving_engine()
+
+    def _record_serving_engine(self) -> None:
+        """Remember which engine serves, so that a later change of engine knows what to fall back on."""
+        if self.serving is not self.primary or self.primary.pending():
+            return
+        spec = {"name": self.engine.name, "model_id": self.engine.model_id,
+                "settings": {name: getattr(self.settings, name) for name in ENGINE_SETTINGS}}
+        if self.catalogue.read_state(SERVING_ENGINE) != json.dumps(spec, sort_keys=True):
+            with self.catalogue.write() as write:
+                write.set_state(SERVING_ENGINE, json.dumps(spec, sort_keys=True))
 
     # ----- library changes ---------------------------------------------------------------------
 
@@ -226,15 +292,17 @@ class ImageSearchService:
         read = self._read_upload(data, self.engine.input_size)
         return self._add(data, read, client_name)
 
-    def _add(self, data: bytes, read: ReadImage, client_name: str, vector: np.ndarray | None = None) -> Added:
-        """Store already-decoded upload bytes with their vector (computed here unless given)."""
+    def _add(self, data: bytes, read: ReadImage, client_name: str,
+             computed: dict[FeatureSpace, np.ndarray] | None = None) -> Added:
+        """Store already-decoded upload bytes with a vector in every kept space (`computed` ones are reused)."""
         sha256 = read.details.sha256
         known = self.catalogue.name_with_hash(sha256)
         if known is not None and self.library.exists(known):
             return Added(known, True)
-        if vector is None:
-            vector = self.engine.extract(self.engine.prepare(read.image)[None])[0]
-        tags = self.tagger.extract(self.tagger.prepare(read.image)[None]) if self.tagger else None
+        computed = computed or {}
+        vectors = {space: computed[space] if space in computed else
+                   space.engine.extract(space.engine.prepare(read.image)[None])[0]
+                   for space in self._synced_spaces()}
         staged = self.library.stage_upload(data)
         name = None
         try:
@@ -247,9 +315,8 @@ class ImageSearchService:
                 stamp = current_stamp(self.library, name)
                 if stamp is not None:  # None: removed by hand the moment it appeared; it was stored, then deleted
                     write.put_records([ImageRecord(name, False, *stamp).with_details(read.details)])
-                    self.primary.put(write, [name], vector[None], [stamp])
-                    if self.tags:
-                        self.tags.put(write, [name], tags, [stamp])
+                    for space, vector in vectors.items():
+                        space.put(write, [name], vector[None], [stamp])
         except BaseException:
             if name is not None:  # linked, but the transaction did not commit: leave no file without a row
                 (self.settings.images_dir / name).unlink(missing_ok=True)
@@ -303,10 +370,10 @@ class ImageSearchService:
         return spaces
 
     def _space(self, engine_name: str | None) -> FeatureSpace:
-        """The active engine's space, or an allowed engine's whose vectors cover the whole library."""
-        if not engine_name or engine_name == self.engine.name:
-            return self.primary
-        space = self._spaces.get(engine_name)
+        """The space searches use by default, or a named engine's whose vectors cover the whole library."""
+        if not engine_name:
+            return self.serving
+        space = self.primary if engine_name == self.engine.name else self._spaces.get(engine_name)
         if space is None:
             # The same answer for every refused name, so a request learns nothing about files or models.
             offered = ", ".join([self.engine.name, *self._spaces])
@@ -376,8 +443,7 @@ class ImageSearchService:
         vector = self._query_vector(space, read.image, options.box)
         added = None
         if add_to_library:
-            reuse = space is self.primary and options.box is None
-            added = self._add(data, read, client_name, vector if reuse else None)
+            added = self._add(data, read, client_name, {} if options.box else {space: vector})
         return self._rank(space, vector, options, query_type, added.filename if added else None,
                           bool(added and added.already_in_library))
 
