@@ -322,9 +322,12 @@ class Catalogue:
             if names:
                 found = {record.name: record for record in self._rows_of(conn, names)}
                 updated = {name: found.get(name) for name in names}
+                # Readers see images before their vectors arrive and after their vectors are gone, never the
+                # other way round: a search never returns an image that the gallery does not list.
+                self._apply_records({name: record for name, record in updated.items() if record is not None})
                 for listener in self._listeners:
                     listener.refresh(conn, names, updated)
-                self._apply_records(updated)
+                self._apply_records({name: record for name, record in updated.items() if record is None})
             self._seen_seq = latest
             return len(names)
 
