@@ -21,7 +21,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from PIL import Image
 
@@ -171,14 +171,18 @@ def sync(catalogue: Catalogue, spaces: FeatureSpace | Sequence[FeatureSpace], so
 
 
 class FolderSource:
-    """Every image under `root`, recursively, named by relative POSIX path; hidden files and folders skipped."""
+    """Every image under `root`, recursively, named by relative POSIX path; hidden files and folders skipped.
 
-    def __init__(self, root: Path):
+    With `names`, exactly those files under `root` (a labelled dataset's list, say).
+    """
+
+    def __init__(self, root: Path, names: Iterable[str] | None = None):
         self.root = Path(root)
+        self.names = None if names is None else list(names)
 
     def scan_stamps(self) -> dict[str, Stamp]:
         stamps = {}
-        for name in walk_images(self.root):
+        for name in walk_images(self.root) if self.names is None else self.names:
             try:
                 stamps[name] = file_stamp(self.root / name)
             except OSError:
