@@ -102,6 +102,7 @@ class ImageSearchService:
             if self.tagger else None
         self.searcher = Searcher(self.catalogue, self.tags, load_vocabulary, settings.query_expansion)
         self._spaces: dict[str, FeatureSpace] = {}
+        self._sorted: tuple[int, tuple[list[ImageRecord], list[ImageRecord]]] = (-1, ([], []))
         self.duplicates = DuplicateFinder(settings.duplicate_threshold)
         self.jobs = JobRunner(settings.max_streams)
         self.startup_job: Job | None = None
@@ -154,9 +155,15 @@ class ImageSearchService:
     # ----- reading -----------------------------------------------------------------------------
 
     def _split(self) -> tuple[list[ImageRecord], list[ImageRecord]]:
-        """(originals, user images), each in natural order ("img2" before "img10")."""
-        records = sorted(self.catalogue.records(), key=lambda record: natural_key(record.name))
-        return [r for r in records if r.is_original], [r for r in records if not r.is_original]
+        """(originals, user images), each in natural order ("img2" before "img10"); sorted once per change
+        of the catalogue, since status polls and gallery pages ask for it far more often than it changes."""
+        version, split = self._sorted
+        if version != self.catalogue.version:
+            version = self.catalogue.version
+            records = sorted(self.catalogue.records(), key=lambda record: natural_key(record.name))
+            split = [r for r in records if r.is_original], [r for r in records if not r.is_original]
+            self._sorted = version, split
+        return split
 
     def list_images(self, filters: Filters = Filters()) -> dict:
         """The gallery: the user's own images first, then the originals; `filters` may narrow it."""
