@@ -9,14 +9,13 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from conftest import PROJECT_DIR, build_app, make_image
+from imgsearch import cli
 from imgsearch.config import Settings
 
 PHOTOS = PROJECT_DIR / "images"
@@ -219,8 +218,7 @@ def test_the_gallery_lists_the_users_images_first_in_natural_order(client):
 # ----- the command line ------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_the_command_line_searches_by_words_region_and_feedback(tmp_path):
+def test_the_command_line_searches_by_words_region_and_feedback(tmp_path, capsys):
     folder = tmp_path / "photos"
     folder.mkdir()
     for name in ("dogs_at_a_window.jpg", "cat_chelsea.jpg", "paintbrushes.jpg", "ladybird_on_a_stem.jpg",
@@ -228,9 +226,9 @@ def test_the_command_line_searches_by_words_region_and_feedback(tmp_path):
         shutil.copy(PHOTOS / name, folder / name)
 
     def imgsearch(*argv):
-        done = subprocess.run([sys.executable, "-m", "imgsearch", *map(str, argv)], cwd=PROJECT_DIR,
-                              capture_output=True, text=True, timeout=300)
-        return done.returncode, done.stdout, done.stderr
+        code = cli.main([str(arg) for arg in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
 
     assert imgsearch("index", folder, "--engine", "efficientnet-lite0")[0] == 0
     code, out, _ = imgsearch("search", "--folder", folder, "--engine", "efficientnet-lite0", "--text", "puppy dog",
@@ -255,3 +253,5 @@ def test_the_command_line_searches_by_words_region_and_feedback(tmp_path):
     assert code == 2 and "elephant" in err
     code, _, err = imgsearch("search", "--folder", folder, "--engine", "efficientnet-lite0")
     assert code == 2 and "give a QUERY_IMAGE" in err
+    with pytest.raises(SystemExit):  # argparse refuses a malformed box with its usage line
+        imgsearch("search", tmp_path / "pair.jpg", "--folder", folder, "--box", "0.5,0,0.9,1")
