@@ -120,7 +120,9 @@ def _hit_json(hit) -> dict:
 
 @blueprint.get("/status")
 def status():
-    return jsonify({**service().status(), "auth_required": bool(service().settings.token)})
+    settings = service().settings
+    # `configured_model` is the engine asked for: with `fallback`, the one whose weights were missing.
+    return jsonify({**service().status(), "configured_model": settings.model, "auth_required": bool(settings.token)})
 
 
 @blueprint.get("/images")
