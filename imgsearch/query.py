@@ -134,12 +134,12 @@ def _date(value: str | None, name: str) -> str | None:
 
 
 def filenames(value: Any, name: str) -> tuple[str, ...]:
-    """A list of library filenames from a request field (JSON list, or comma-separated text)."""
-    if value is None or value == "":
+    """A list of library filenames from a request field (a JSON list, or a form field repeated per name)."""
+    if value is None or value == "" or value == []:
         return ()
-    items = value.split(",") if isinstance(value, str) else value
-    if not isinstance(items, (list, tuple)) or not all(isinstance(item, str) and item for item in items):
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) and item for item in value):
         raise RequestError(f"{name} must be a list of library filenames.")
+    items = value
     if len(items) > MAX_FEEDBACK:
         raise RequestError(f"{name} may name at most {MAX_FEEDBACK} images.")
     return tuple(dict.fromkeys(item.strip() for item in items))

@@ -3,6 +3,7 @@ tied together without any HTTP."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 from pathlib import Path
@@ -321,7 +322,11 @@ class ImageSearchService:
                 name = self.library.link_upload(staged, client_name, read.details.media_type)
                 stamp = current_stamp(self.library, name)
                 if stamp is not None:  # None: removed by hand the moment it appeared; it was stored, then deleted
-                    write.put_records([ImageRecord(name, False, *stamp).with_details(read.details)])
+                    # Without an EXIF date, an upload was taken when it arrived: its file's time, as for copies.
+                    details = read.details if read.details.taken_at else dataclasses.replace(
+                        read.details, taken_at=datetime.datetime.fromtimestamp(stamp[1] / 1e9).isoformat(
+                            timespec="seconds"))
+                    write.put_records([ImageRecord(name, False, *stamp).with_details(details)])
                     for space, vector in vectors.items():
                         space.put(write, [name], vector[None], [stamp])
         except BaseException:

@@ -193,6 +193,25 @@ def test_the_date_taken_comes_from_exif_and_filters(client):
     assert name not in names(search(client, filename="mine_red.png", taken_from="2020-01-01", k=100))
 
 
+def test_an_upload_without_exif_was_taken_when_it_arrived(client):
+    name = upload(client, make_image("gray", size=(120, 90), seed=31), "no_exif.png")["filename"]
+    taken = client.get(f"/api/image/{name}").get_json()["taken_at"]
+    assert taken and name in names(search(client, filename="mine_red.png", taken_from=taken[:10], k=100))
+
+
+def test_feedback_lists_in_a_form_take_one_field_per_name(client, library):
+    with_comma = "lake, at dusk.jpg"
+    shutil.copy(library / "images" / "lake_at_dusk.jpg", library / "images" / with_comma)
+    client.post("/api/generate-features").get_data()
+    query = jpeg(photo("mountains_aitzgorri.jpg").resize((200, 150)))
+    response = client.post("/api/search", data={"file": (io.BytesIO(query), "q.jpg"), "negative": [with_comma],
+                                                "positive": ["mountains_aitzgorri.jpg", "lake_at_dusk.jpg"], "k": "20"},
+                           content_type="multipart/form-data")
+    body = response.get_json()
+    assert body["query"]["negative"] == [with_comma] and len(body["query"]["positive"]) == 2
+    assert with_comma not in names(response)
+
+
 def test_pages_follow_each_other(client):
     everything = names(search(client, filename="flower_yellow.jpg", k=30))
     first = search(client, filename="flower_yellow.jpg", k=10, page=1).get_json()

@@ -67,6 +67,13 @@ def _field(name: str):
     return request.form.get(name)
 
 
+def _list_field(name: str):
+    """A list: a JSON array, or a form field given once per item (names may hold commas)."""
+    if request.is_json:
+        return _field(name)
+    return request.form.getlist(name) or None
+
+
 def _flag(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -235,8 +242,8 @@ def search():
         page=_number("page", _field("page"), int, 1, MAX_RESULTS_DEPTH) or 1,
         box=Box.parse(_field("box")),
         text=_text("text", _field("text")),
-        positive=query_filenames(_field("positive"), "positive"),
-        negative=query_filenames(_field("negative"), "negative"),
+        positive=query_filenames(_list_field("positive"), "positive"),
+        negative=query_filenames(_list_field("negative"), "negative"),
         filters=Filters.parse({name: _field(name) for name in ("source", "tag", "taken_from", "taken_to", "type")}),
     )
     core = service()

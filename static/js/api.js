@@ -124,12 +124,15 @@ export function search(query, { k, page = 1, addToLibrary = false, minSimilarity
     add_to_library: addToLibrary || undefined,
   };
   const present = Object.entries(fields).filter(([, value]) => value !== undefined && value !== null && value !== "");
-  // JSON keeps lists of names whole (a name may hold a comma); only a file needs multipart, where lists
-  // and the box travel comma-separated.
+  // Only a file needs multipart. There a list of names is one field per name (a name may hold a comma),
+  // and the box is "x,y,w,h".
   if (!query.file) return send("POST", "/api/search", Object.fromEntries(present));
   const form = new FormData();
   form.append("file", query.file, query.file.name || "pasted-image.png");
-  for (const [name, value] of present) form.append(name, Array.isArray(value) ? value.join(",") : String(value));
+  for (const [name, value] of present) {
+    if (name === "positive" || name === "negative") value.forEach((item) => form.append(name, item));
+    else form.append(name, Array.isArray(value) ? value.join(",") : String(value));
+  }
   return send("POST", "/api/search", form);
 }
 

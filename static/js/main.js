@@ -48,6 +48,13 @@ function renderStatus(status) {
     if (status.pending) items.push(statusItem([`${status.pending.toLocaleString()} pending`], "status-pending"));
     if (unreadable) items.push(statusItem([`${unreadable.toLocaleString()} unreadable`], "status-pending"));
   }
+  if (status.switch) {
+    // The engine changed: its vectors are computed in the background while the previous engine answers.
+    const { from, to, done, total } = status.switch;
+    const spinner = el("span", { class: "spinner", "aria-hidden": "true" });
+    items.push(statusItem([spinner, `Moving to ${to}: ${done.toLocaleString()} of ${formatCount(total, "image")}; `
+      + `searches use ${from} until then`], "status-busy"));
+  }
   if (status.index?.consistent === false) {
     items.push(statusItem(["index out of step: press Generate Features"], "status-pending"));
   }
