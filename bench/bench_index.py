@@ -73,11 +73,11 @@ class Synthetic:
         return matrix
 
 
-def store_over(matrix: np.ndarray, directory: Path) -> FeatureStore:
+def store_over(matrix: np.ndarray) -> FeatureStore:
     """A FeatureStore whose originals are `matrix` itself (a memmap), without copying it."""
-    store = FeatureStore(directory, MODEL_ID, matrix.shape[1])
+    store = FeatureStore(MODEL_ID, matrix.shape[1])
     names = [f"img{i:07d}.jpg" for i in range(len(matrix))]
-    store.originals._replace_all(matrix, names, np.zeros((len(matrix), 2), np.int64))
+    store.originals.replace_all(names, matrix, np.zeros((len(matrix), 2), np.int64))
     return store
 
 
@@ -148,7 +148,7 @@ def main() -> None:
            gib=round(matrix.nbytes / 2**30, 2))
 
     # ----- exact: ground truth in one batched pass, then single-query latency ---------------------
-    store = store_over(matrix, args.workdir / "features")
+    store = store_over(matrix)
     exact = ExactIndex(store, "cosine")
     start = time.perf_counter()
     truth = [row_ids(hits) for hits in exact.search(queries, K)]
@@ -283,7 +283,7 @@ def measure_hnsw(results, matrix, queries, count) -> None:
 def measure_milvus(results, matrix, queries, workdir: Path) -> None:
     """Milvus Lite through the application's MilvusIndex, on a prefix of the data."""
     count = len(matrix)
-    store = store_over(matrix, workdir / "milvus-features")
+    store = store_over(matrix)
     exact = ExactIndex(store, "cosine")
     # Small batches keep temporary arrays small, so the RSS delta below is Milvus's own memory.
     truth = [row_ids(hits) for start in range(0, len(queries), 10) for hits in exact.search(queries[start:start + 10], K)]

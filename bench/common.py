@@ -5,11 +5,14 @@ import datetime
 import io
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -175,7 +178,9 @@ def result_row(section: str, metric: str, unit: str, ours: float | None, baselin
 
 
 def machine_info() -> dict:
-    import tensorflow as tf
+    from imgsearch.engines.runtime import import_tensorflow
+
+    tf = import_tensorflow()  # its start-up messages kept off the table's terminal, as in the app
 
     model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                        if line.startswith("model name")), platform.processor())
@@ -217,6 +222,7 @@ class ServerProcess:
         deadline = started + timeout
         while time.perf_counter() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # closes the log
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output()[-3000:]}")
             try:
                 if self.ready(requests.get(self.url + self.ready_path, timeout=5)):
@@ -252,6 +258,65 @@ class ServerProcess:
         self.stop()
 
 
+def postgres_binaries() -> Path | None:
+    """The folder of Debian's PostgreSQL server programs (initdb, pg_ctl), or None when not installed."""
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parent.parent.name))
+    return found[-1].parent if found else None
+
+
+class PostgresServer:
+    """A throwaway PostgreSQL server on a free loopback port, its data in a temporary folder.
+
+    The server refuses to run as root, so under root it runs as `nobody`. It trusts local connections and
+    does not sync its files: it is for tests and benchmarks, where the app's processes are what get killed.
+    """
+
+    def __init__(self, binaries: Path, user: str = "nobody"):
+        self.binaries = binaries
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="imgsearch-postgres-"))
+        self.data = self.root / "data"
+        self.run_as = ["runuser", "-u", user, "--"] if os.geteuid() == 0 else []
+        if self.run_as:
+            shutil.chown(self.root, user)
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}"
+
+    def _run(self, program: str, *args: str) -> None:
+        subprocess.run([*self.run_as, str(self.binaries / program), *args], check=True, capture_output=True,
+                       cwd=self.root, timeout=120)
+
+    def start(self) -> "PostgresServer":
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "server.log"), "-w", "start")
+        return self
+
+    def create_database(self) -> str:
+        """A new empty database; returns its URL."""
+        import psycopg
+
+        name = f"imgsearch_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self.url + "/postgres", autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        return f"{self.url}/{name}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def app_env(model: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings the benchmarks serve `model` with: Keras networks on random weights."""
+    env = {"IMAGE_SEARCH_MODEL": model, "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    if model in ("resnet50", "vgg16", "mobilenetv2"):
+        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    return env
+
+
 def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, threads: int | None = None,
                extra_env: dict[str, str] | None = None) -> ServerProcess:
     """`python app.py` (waitress) or `python app.py --dev` on the given data folder."""
@@ -260,11 +325,16 @@ def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, th
         command.append("--dev")
     if threads:
         command += ["--threads", str(threads)]
-    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": model,
-           "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    if model in ("resnet50", "vgg16", "mobilenetv2"):
-        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), **app_env(model, extra_env)}
     return ServerProcess(command, env, log_path, "/api/check-features")
+
+
+def prepare_graphs(env: dict[str, str]) -> float:
+    """Seconds `python -m imgsearch prepare` takes to export (or find) the graph the settings in `env` use."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "imgsearch", "prepare"], cwd=PROJECT_DIR, env={**os.environ, **env},
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def seed_server(data_dir: Path, model: str, log_path: Path) -> ServerProcess:
@@ -291,13 +361,14 @@ def model_id_and_dim(model: str) -> tuple[str, int]:
 
 
 def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> dict:
-    """A data folder whose user store already holds `count` vectors, for the app and for the seed-style app.
+    """A data folder whose catalogue already holds `count` user images with vectors, for the app and for
+    the seed-style app.
 
     Each vector gets a tiny real JPEG file so the app's startup check finds every image present and
-    unchanged. The app's store gets the normalised vectors (`features/<model_id>/uploads.npz`); the
-    seed-style app gets the same vectors raw, as `features.npy` and `filenames.npy`.
+    unchanged. The app's catalogue (`catalogue.db`) gets the normalised vectors; the seed-style app gets
+    the same vectors raw, as `features.npy` and `filenames.npy`.
     """
-    from imgsearch.store import FeatureSet
+    from imgsearch.catalogue import Catalogue, ImageRecord, database_url
 
     model_id, dim = model_id_and_dim(model)
     images = data_dir / "images"
@@ -314,7 +385,13 @@ def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> di
     vectors = synthetic_vectors(count, dim, seed)
     np.save(data_dir / "features.npy", vectors)
     np.save(data_dir / "filenames.npy", np.array(names))
-    feature_set = FeatureSet(data_dir / "features" / model_id / "uploads.npz", model_id, dim)
-    feature_set.add(names, normalise_rows_in_place(vectors), stamps)
-    feature_set.save()
+    normalise_rows_in_place(vectors)
+    catalogue = Catalogue(database_url("", data_dir)).open()
+    chunk = 8192
+    for start in range(0, count, chunk):
+        end = start + chunk
+        with catalogue.write() as write:
+            write.put_records(ImageRecord(name, False, *stamp) for name, stamp in zip(names[start:end], stamps[start:end]))
+            write.put_vectors(model_id, names[start:end], vectors[start:end], stamps[start:end])
+    catalogue.close()
     return {"model_id": model_id, "dim": dim, "count": count, "matrix_bytes": count * dim * 4}

@@ -173,6 +173,8 @@ class SoakClient(threading.Thread):
 
     def generate(self):
         with self.http.post(self.base + "/api/generate-features", stream=True, timeout=300) as response:
+            if response.status_code == 429:  # every progress stream slot is taken; the job goes on
+                return None
             if not response.ok:
                 return self._check(response)
             events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith(b"data: ")]

@@ -49,7 +49,7 @@ class Settings:
     )
     runtime: str = _field(
         "onnxruntime", "IMAGE_SEARCH_RUNTIME",
-        "What runs the CNN: `onnxruntime` (its Keras graph exported at startup and checked against Keras; faster on CPU) or `tensorflow`. Falls back to TensorFlow for layers it cannot export.",
+        "What runs the CNN: `onnxruntime` (its Keras graph exported once, checked against Keras and cached, then run without loading TensorFlow; faster and smaller) or `tensorflow`. Falls back to TensorFlow for what it cannot export (GeM pooling, `bfloat16`, some custom layers).",
     )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
@@ -69,19 +69,49 @@ class Settings:
     )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",
-        "Folder holding `images/`, `uploads/`, `thumbnails/` and `features/`.",
+        "Folder holding `images/`, `uploads/`, `thumbnails/`, `features/` and the SQLite catalogue.",
+    )
+    database: str = _field(
+        "", "IMAGE_SEARCH_DATABASE",
+        "The library catalogue: empty means the SQLite file `catalogue.db` in the data folder; "
+        "`postgresql://user:password@host:5432/dbname` shares one library between several app processes.",
+    )
+    watch_folder: bool = _field(
+        True, "IMAGE_SEARCH_WATCH",
+        "`1` notices images copied into or removed from `images/` by hand as they happen; `0` relies on the rescan.",
+    )
+    tag_images: bool = _field(
+        True, "IMAGE_SEARCH_TAGS",
+        "`1` tags every image with its likeliest ImageNet classes when it is indexed, for searching by words and "
+        "filtering by tag (about 12 ms per image more); `0` turns words and tags off.",
+    )
+    rescan_seconds: float = _field(
+        300.0, "IMAGE_SEARCH_RESCAN_SECONDS",
+        "Seconds between rescans of `images/` for changes the watcher cannot see (network file systems); `0` is off.",
     )
     cache_dir: Path = _field(
         Path.home() / ".cache" / "image-search", "IMAGE_SEARCH_CACHE_DIR",
-        "Where converted model weights are cached.",
+        "Where converted model weights, exported ONNX graphs and failed weight downloads (retried after a day) are remembered; safe to delete.",
+    )
+    keras_home: Path = _field(
+        Path.home() / ".keras", "KERAS_HOME",
+        "Keras's own folder: the ImageNet weights of `resnet50`, `vgg16` and `mobilenetv2` are looked for, and downloaded to, its `models/`.",
     )
     index: str = _field(
         "exact", "IMAGE_SEARCH_INDEX",
         "Vector index: `exact`, `faiss`, or `milvus:<uri>`: a Milvus Lite file ending in `.db` (relative to the data folder) or `http://host:19530`.",
     )
+    search_engines: str = _field(
+        "", "IMAGE_SEARCH_SEARCH_ENGINES",
+        "Comma-separated other engines a search may name in its `engine` field, e.g. `color`; loaded at startup, and each answers only once its features cover the library. Empty: only the active engine. `custom:` paths are not accepted.",
+    )
     allow_private_urls: bool = _field(
         False, "IMAGE_SEARCH_ALLOW_PRIVATE_URLS",
         "`1` lets URL search fetch loopback and private addresses. Keep `0` unless on a trusted network.",
+    )
+    allowed_hosts: str = _field(
+        "", "IMAGE_SEARCH_ALLOWED_HOSTS",
+        "Without a token, the server answers only requests addressed to its bound addresses, `localhost`, `127.0.0.1`, `[::1]` and these comma-separated host names (a guard against DNS rebinding).",
     )
     token: str = _field(
         "", "IMAGE_SEARCH_TOKEN",
@@ -93,6 +123,18 @@ class Settings:
         64_000_000, "IMAGE_SEARCH_MAX_PIXELS",
         "Largest decoded image, in pixels; larger files are refused as decompression bombs.",
     )
+    max_decode_mb: int = _field(
+        512, "IMAGE_SEARCH_MAX_DECODE_MB",
+        "Most memory one image decode may take, in MiB, estimated per format from the header before decoding; costlier images are refused.",
+    )
+    max_decodes: int = _field(
+        2, "IMAGE_SEARCH_MAX_DECODES",
+        "Most images decoded at once in the whole process (requests, thumbnails and feature jobs); the others wait their turn.",
+    )
+    max_streams: int = _field(
+        2, "IMAGE_SEARCH_MAX_STREAMS",
+        "Most feature-progress streams open at once; more get 429. Each holds a server thread while its job runs, so keep it well below `--threads` (8).",
+    )
     url_timeout: float = _field(10.0, "IMAGE_SEARCH_URL_TIMEOUT", "Time budget for fetching one URL, redirects included, in seconds.")
     batch_size: int = _field(32, "IMAGE_SEARCH_BATCH_SIZE", "Images per model call when extracting features.")
     decode_workers: int = _field(2, "IMAGE_SEARCH_DECODE_WORKERS", "Threads decoding images while the model runs.")
@@ -102,7 +144,8 @@ class Settings:
     )
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
     max_k: int = _field(100, "IMAGE_SEARCH_MAX_K", "Upper bound on `k` for one search.")
-    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL", "Python logging level.")
+    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL",
+                            "Python logging level; `DEBUG` also shows TensorFlow's start-up messages.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -119,14 +162,34 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        object.__setattr__(self, "keras_home", Path(self.keras_home))
+        if self.max_streams < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_STREAMS must be at least 1")
+        if self.max_decodes < 1:
+            raise ValueError("IMAGE_SEARCH_MAX_DECODES must be at least 1")
         if self.max_k < 1 or self.default_k < 1:
             raise ValueError("IMAGE_SEARCH_DEFAULT_K and IMAGE_SEARCH_MAX_K must be at least 1")
         if self.query_expansion < 0:
             raise ValueError("IMAGE_SEARCH_QUERY_EXPANSION must be 0 (off) or a number of hits")
+        if any(name.startswith("custom:") for name in self.search_engine_names):
+            # A model file can run code when loaded; only IMAGE_SEARCH_MODEL may name one.
+            raise ValueError("IMAGE_SEARCH_SEARCH_ENGINES cannot list custom: models")
+
+        from .engines import check_settings  # the engines know their options; they import this module
+
+        check_settings(self)
+
+    @property
+    def search_engine_names(self) -> tuple[str, ...]:
+        return tuple(name.strip() for name in self.search_engines.split(",") if name.strip())
 
     @property
     def max_upload_bytes(self) -> int:
         return self.max_upload_mb * 1024 * 1024
+
+    @property
+    def max_decode_bytes(self) -> int:
+        return self.max_decode_mb * 1024 * 1024
 
     @property
     def images_dir(self) -> Path:
@@ -172,6 +235,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
             default = "the project folder"
         elif field.name == "cache_dir":
             default = "~/.cache/image-search"
+        elif field.name == "keras_home":
+            default = "~/.keras"
         elif isinstance(default, bool):
             default = int(default)
         elif default == "":

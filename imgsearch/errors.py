@@ -12,3 +12,8 @@ class RequestError(Exception):
         self.message = message
         if status is not None:
             self.status = status
+
+
+def shorten(text: str, limit: int = 100) -> str:
+    """Client input echoed in a message, cut to `limit` characters: a 2 MB name makes no better error."""
+    return text if len(text) <= limit else text[:limit] + "…"

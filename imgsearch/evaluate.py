@@ -11,32 +11,37 @@
   (positives) against those of different images of the same class (negatives).
 - Small libraries: any of the above on a seeded draw of a few images per class.
 
-Extracted features can be cached per engine feature space and file list, in a folder outside the
-project, so post-processing variants do not pay for extraction again.
+Extracted features go through the app's sync loop into a catalogue of each dataset, kept in a folder
+outside the project (`--cache`), so post-processing variants do not pay for extraction again.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime
 import hashlib
 import io
 import json
 import os
+import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
+from .catalogue import Catalogue
 from .engines.base import Engine, l2_normalize
 from .engines.concatenated import ConcatenatedEngine, join_features
-from .imaging import ALLOWED_EXTENSIONS, open_image
-from .persist import atomic_write_bytes, atomic_write_with
+from .imaging import ALLOWED_EXTENSIONS, ImageError
+from .index.exact import ExactIndex
+from .persist import atomic_write_bytes
 from .ranking import similarities
 from .retrieval import PostProcessing, Retrieval
+from .space import FeatureSpace
 from .store import Snapshot
+from .sync import FolderSource, sync
 
 LABELS_FILE = "labels.csv"
 CURVE_DEPTH = 50
@@ -152,53 +157,45 @@ def ranking_metrics(scorer: Scorer, labels: Sequence[str], ks: Sequence[int] = (
 Transform = Callable[[Image.Image], Image.Image]
 
 
-def extract_folder(engine: Engine, paths: Sequence[Path], batch_size: int = 32, decode_workers: int = 2,
-                   transform: Transform | None = None) -> tuple[np.ndarray, float]:
-    """Feature vectors for `paths` (each image passed through `transform` first, if given) and the
-    seconds spent in the model alone (decoding excluded)."""
-    engine.load()
+def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_dir: Path | None, batch_size: int = 32,
+                     transform_name: str = "") -> tuple[np.ndarray, dict]:
+    """Vectors of `paths` (each image edited by the named transform first, if any), in their order, and the
+    timing of the extraction that made them (`from_cache` says whether this call reused earlier vectors).
 
-    def prepare(path: Path) -> np.ndarray:
-        image = open_image(path)
-        return engine.prepare(transform(image) if transform else image)
-
-    vectors = []
-    model_seconds = 0.0
-    with ThreadPoolExecutor(decode_workers) as pool:
-        for start in range(0, len(paths), batch_size):
-            batch = np.stack(list(pool.map(prepare, paths[start:start + batch_size])))
-            began = time.perf_counter()
-            vectors.append(engine.extract(batch))
-            model_seconds += time.perf_counter() - began
-    return np.concatenate(vectors) if vectors else np.zeros((0, engine.dim), np.float32), model_seconds
-
-
-def cached_features(engine: Engine, paths: Sequence[Path], cache_dir: Path | None, batch_size: int = 32,
-                    transform_name: str = "") -> tuple[np.ndarray, dict]:
-    """`extract_folder` remembered in `cache_dir`, keyed by the engine's feature space, the transform and
-    each file's path, size and modification time. Returns the vectors and the timing of the extraction
-    that made them (`from_cache` says whether this call reused it)."""
-    transform = TRANSFORMS[transform_name] if transform_name else None
-    cache_file = None
-    if cache_dir is not None:
-        key = hashlib.sha256(json.dumps(
-            [engine.model_id, engine.input_size, transform_name,
-             [(str(Path(p).resolve()), os.stat(p).st_size, os.stat(p).st_mtime_ns) for p in paths]]
-        ).encode("utf-8")).hexdigest()[:20]
-        cache_file = Path(cache_dir) / f"{engine.model_id}-{transform_name or 'plain'}-{key}.npz"
-        if cache_file.exists():
-            with np.load(cache_file, allow_pickle=False) as saved:
-                timing = json.loads(str(saved["timing"]))
-                return saved["vectors"], {**timing, "from_cache": True}
-    began = time.perf_counter()
-    vectors, model_seconds = extract_folder(engine, paths, batch_size=batch_size, transform=transform)
-    seconds = time.perf_counter() - began
-    timing = {"images": len(paths), "seconds": round(seconds, 2), "model_seconds": round(model_seconds, 2),
-              "images_per_second": round(len(paths) / seconds, 1) if seconds else None,
-              "load_average": round(os.getloadavg()[0], 1)}
-    if cache_file is not None:
-        atomic_write_with(cache_file, lambda handle: np.savez(handle, vectors=vectors, timing=json.dumps(timing)))
-    return vectors, {**timing, "from_cache": False}
+    They go through the app's sync loop into a catalogue of the dataset kept in `cache_dir` (a temporary
+    one without it), so a second run computes only what is missing or changed. An edited copy's vectors
+    are kept under their own id, `<model_id>~<transform>`.
+    """
+    root = Path(root)
+    names = [Path(path).relative_to(root).as_posix() for path in paths]
+    with contextlib.ExitStack() as stack:
+        folder = Path(cache_dir) if cache_dir is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        key = hashlib.sha256(str(root.resolve()).encode("utf-8")).hexdigest()[:12]
+        catalogue = Catalogue(f"sqlite:///{folder / f'{root.name}-{key}.db'}").open()
+        stack.callback(catalogue.close)
+        model_id = engine.model_id + (f"~{transform_name}" if transform_name else "")
+        space = FeatureSpace(catalogue, engine, lambda store: ExactIndex(store, engine.metric), model_id).open()
+        wanted = set(names)
+        began = time.perf_counter()
+        report = sync(catalogue, space, FolderSource(root, names), batch_size=batch_size, only=wanted.__contains__,
+                      retry_unreadable=True, transform=TRANSFORMS[transform_name] if transform_name else None)
+        seconds = time.perf_counter() - began
+        if report.failures:
+            name, reason = report.failures[0]
+            raise ImageError(f"{name}: {reason}")
+        timing_key = f"timing:{model_id}"
+        if report.computed:
+            timing = {"images": report.computed, "seconds": round(seconds, 2),
+                      "model_seconds": round(report.model_seconds, 2),
+                      "images_per_second": round(report.computed / seconds, 1) if seconds else None,
+                      "load_average": round(os.getloadavg()[0], 1)}
+            with catalogue.write() as write:
+                write.set_state(timing_key, json.dumps(timing))
+        else:
+            timing = json.loads(catalogue.read_state(timing_key) or "{}")
+        vectors = np.stack([space.store.vector(name) for name in names]) if names else \
+            np.zeros((0, engine.dim), np.float32)
+        return vectors, {**timing, "from_cache": not report.computed}
 
 
 def model_throughput(engine: Engine, images: np.ndarray, batch_size: int = 32) -> float:
@@ -212,26 +209,6 @@ def model_throughput(engine: Engine, images: np.ndarray, batch_size: int = 32) -
     for start in range(0, len(images), batch_size):
         engine.extract(images[start:start + batch_size])
     return len(images) / (time.perf_counter() - began)
-
-
-def evaluate_engine(engine: Engine, dataset_path: str | Path, batch_size: int = 32,
-                    ks: Sequence[int] = (1, 10)) -> dict:
-    """Extract every image of a labelled folder with `engine` and score leave-one-out retrieval."""
-    paths, labels = read_labelled_folder(dataset_path)
-    began = time.perf_counter()
-    vectors, model_seconds = extract_folder(engine, paths, batch_size=batch_size)
-    total_seconds = time.perf_counter() - began
-    result = leave_one_out_metrics(vectors, labels, ks=ks, metric=engine.metric)
-    result.update(
-        engine=engine.name,
-        model_id=engine.model_id,
-        dataset=str(dataset_path),
-        batch_size=batch_size,
-        seconds=total_seconds,
-        images_per_second=len(paths) / total_seconds if total_seconds else float("nan"),
-        model_images_per_second=len(paths) / model_seconds if model_seconds else float("nan"),
-    )
-    return result
 
 
 # ----- near-duplicate robustness ---------------------------------------------------------------
@@ -454,20 +431,19 @@ def same_class_pair_similarities(vectors: np.ndarray, labels: Sequence[str], met
 # ----- one engine on one dataset ---------------------------------------------------------------
 
 
-def features_of(engine: Engine, paths: Sequence[Path], cache_dir: Path | None, batch_size: int,
+def features_of(engine: Engine, root: Path, paths: Sequence[Path], cache_dir: Path | None, batch_size: int = 32,
                 transform_name: str = "") -> tuple[np.ndarray, dict]:
-    """`cached_features`; for a concatenated engine, its parts' cached features joined as the engine joins
+    """`dataset_features`; for a joined engine, its parts' catalogued features joined as the engine joins
     them, so every pairing of networks already measured alone costs no extraction."""
     if not isinstance(engine, ConcatenatedEngine):
-        return cached_features(engine, paths, cache_dir, batch_size, transform_name)
-    parts = [cached_features(part, paths, cache_dir, batch_size, transform_name) for part in engine.parts]
-    seconds = sum(timing["seconds"] for _, timing in parts)
+        return dataset_features(engine, root, paths, cache_dir, batch_size, transform_name)
+    parts = [dataset_features(part, root, paths, cache_dir, batch_size, transform_name) for part in engine.parts]
+    seconds = sum(timing.get("seconds", 0.0) for _, timing in parts)
     timing = {"images": len(paths), "seconds": round(seconds, 2),
-              "model_seconds": round(sum(timing["model_seconds"] for _, timing in parts), 2),
+              "model_seconds": round(sum(timing.get("model_seconds", 0.0) for _, timing in parts), 2),
               "images_per_second": round(len(paths) / seconds, 1) if seconds else None,
               "from_cache": all(timing["from_cache"] for _, timing in parts), "parts": [timing for _, timing in parts]}
     return join_features([vectors for vectors, _ in parts]), timing
-
 
 
 def evaluate_dataset(engine: Engine, dataset: str | Path, options: PostProcessing = PostProcessing(),
@@ -482,7 +458,7 @@ def evaluate_dataset(engine: Engine, dataset: str | Path, options: PostProcessin
     """
     paths, labels = read_labelled_folder(dataset)
     progress(f"{engine.model_id} on {dataset}: extracting {len(paths)} images")
-    vectors, extraction = features_of(engine, paths, cache_dir, batch_size)
+    vectors, extraction = features_of(engine, Path(dataset), paths, cache_dir, batch_size)
     dataset_name = Path(dataset).name
     if per_class:
         rows = class_subset(labels, per_class, seed)
@@ -509,8 +485,8 @@ def evaluate_dataset(engine: Engine, dataset: str | Path, options: PostProcessin
                 "leave_one_out_ms_per_query_and_metrics": round(1000 * ranking_seconds / len(paths), 3)},
     )
     if robustness:
-        result["robustness"], positives = _robustness(engine, paths, vectors, retrieval, robustness, seed,
-                                                      cache_dir, batch_size, progress)
+        result["robustness"], positives = _robustness(engine, Path(dataset), paths, vectors, retrieval, robustness,
+                                                      seed, cache_dir, batch_size, progress)
         negatives = same_class_pair_similarities(vectors, labels, engine.metric)
         # The threshold is studied on the seven known edits, as the duplicate finder's setting was chosen.
         study = duplicate_threshold_study(np.concatenate([positives[name] for name in KNOWN_TRANSFORMS]), negatives)
@@ -520,7 +496,7 @@ def evaluate_dataset(engine: Engine, dataset: str | Path, options: PostProcessin
     return result
 
 
-def _robustness(engine: Engine, paths: Sequence[Path], vectors: np.ndarray, retrieval: Retrieval | None,
+def _robustness(engine: Engine, root: Path, paths: Sequence[Path], vectors: np.ndarray, retrieval: Retrieval | None,
                 size: int, seed: int, cache_dir: Path | None, batch_size: int,
                 progress) -> tuple[dict, dict[str, np.ndarray]]:
     """Recall@1 per transform, and per transform the engine-metric similarity of each original to its copy."""
@@ -530,7 +506,7 @@ def _robustness(engine: Engine, paths: Sequence[Path], vectors: np.ndarray, retr
     recall, mean_rank, positives = {}, {}, {}
     for name in TRANSFORMS:
         progress(f"{engine.model_id}: near-duplicate queries, {name}")
-        copies, _ = features_of(engine, sample_paths, cache_dir, batch_size, transform_name=name)
+        copies, _ = features_of(engine, root, sample_paths, cache_dir, batch_size, transform_name=name)
         scores = retrieval.scores(copies) if retrieval is not None else similarities(stored, copies, engine.metric)
         ranks = near_duplicate_ranks(scores, sample)
         recall[name] = float((ranks == 1).mean())

@@ -22,7 +22,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from .errors import RequestError
+from .errors import RequestError, shorten
 
 
 log = logging.getLogger(__name__)
@@ -115,19 +115,19 @@ def _parse_host(netloc_host: str, hostname: str) -> tuple[str, IPAddress | None]
         try:
             ip = ipaddress.IPv6Address(hostname)
         except ValueError:
-            raise FetchError(f"{hostname!r} is not a valid IPv6 address.", 400) from None
+            raise FetchError(f"{shorten(hostname)!r} is not a valid IPv6 address.", 400) from None
         return hostname, ip
     if not hostname.isascii():
         try:
             hostname = idna.encode(hostname, uts46=True).decode("ascii")
         except idna.IDNAError:
-            raise FetchError(f"{hostname!r} is not a valid host name.", 400) from None
+            raise FetchError(f"{shorten(hostname)!r} is not a valid host name.", 400) from None
     if not _HOST_NAME.fullmatch(hostname):
-        raise FetchError(f"{hostname!r} is not a valid host name.", 400)
+        raise FetchError(f"{shorten(hostname)!r} is not a valid host name.", 400)
     try:
         ip = parse_numeric_ipv4(hostname)
     except ValueError:
-        raise FetchError(f"{hostname!r} is not a valid IP address.", 400) from None
+        raise FetchError(f"{shorten(hostname)!r} is not a valid IP address.", 400) from None
     return hostname, ip
 
 
@@ -171,7 +171,8 @@ def validate_url(url: str, *, allow_private: bool = False, resolver: Resolver | 
         for ip in addresses:
             if not is_public_address(ip):
                 raise FetchError(
-                    f"Refusing to fetch {parts.hostname}: it resolves to a private or local address ({ip}).", 403)
+                    f"Refusing to fetch {parts.hostname}: it resolves to a private or local address ({ip}). "
+                    "On a trusted network, IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1 allows it.", 403)
 
     authority = host if port == DEFAULT_PORTS[scheme] else f"{host}:{port}"
     path = parts.path or "/"

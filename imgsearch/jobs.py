@@ -1,13 +1,16 @@
-"""One background feature job at a time; any number of listeners follow its progress.
+"""One background feature job at a time; a few listeners at once follow its progress.
 
 The job runs on a server thread, so it goes on when a browser disconnects, and a second request
-attaches to the running job instead of starting another.
+attaches to the running job instead of starting another. Each listener holds a server thread for as
+long as it follows a running job, so their number is capped.
 """
 from __future__ import annotations
 
 import logging
 import threading
 from typing import Callable, Iterator
+
+from .errors import RequestError
 
 log = logging.getLogger(__name__)
 
@@ -16,8 +19,9 @@ Progress = Callable[[int, int, "str | None", "str | None"], None]
 
 
 class Job:
-    def __init__(self, work: Callable[[Progress], dict]):
+    def __init__(self, work: Callable[[Progress], dict], generation: int = 0):
         self._work = work
+        self.generation = generation  # jobs are numbered in the order they start
         self._changed = threading.Condition()
         self._version = 0
         self.current = 0
@@ -80,17 +84,45 @@ class Job:
                 return
 
 
+class TooManyListeners(RequestError):
+    status = 429
+
+
 class JobRunner:
-    def __init__(self):
+    def __init__(self, max_listeners: int = 2):
         self._lock = threading.Lock()
         self.last: Job | None = None
+        self.generation = 0  # the number of the last job started
+        self.max_listeners = max_listeners
+        self._listener_slots = threading.BoundedSemaphore(max_listeners)
+
+    def listen(self, job: Job) -> tuple[Iterator[dict | None], Callable[[], None]]:
+        """`job`'s events and the function to call once they are no longer read (it frees the slot).
+
+        A job that has ended answers at once and takes no slot. Raises TooManyListeners when every slot
+        is taken.
+        """
+        if not job.running:
+            return job.events(), lambda: None
+        if not self._listener_slots.acquire(blocking=False):
+            raise TooManyListeners(f"{self.max_listeners} progress streams are already open; the job goes on. "
+                                   "Follow it with GET /api/status, or try again when a stream closes.")
+        released = threading.Event()
+
+        def release() -> None:
+            if not released.is_set():
+                released.set()
+                self._listener_slots.release()
+
+        return job.events(), release
 
     def start(self, work: Callable[[Progress], dict]) -> Job:
         """Start `work` unless a job is already running; either way return the running job."""
         with self._lock:
             if self.last is not None and self.last.running:
                 return self.last
-            job = Job(work)
+            self.generation += 1
+            job = Job(work, self.generation)
             self.last = job
             job.thread.start()
             return job

@@ -13,14 +13,24 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from bench.common import ServerProcess
+from bench.common import PostgresServer, ServerProcess, postgres_binaries
 from imgsearch.config import Settings
 from imgsearch.engines import get_engine
 from imgsearch.service import ImageSearchService
 from imgsearch.web import create_app
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-SHARED_DATASETS = PROJECT_DIR.parent / "shared" / "datasets"
+# The labelled evaluation sets are never part of the project: tests that need one find it here, or skip.
+DATASETS = Path(os.environ.get("IMAGE_SEARCH_TEST_DATASETS", PROJECT_DIR.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    """The folder of a labelled evaluation set (corel1k, caltech101), or a skip that says how to supply it."""
+    folder = DATASETS / name
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"the {name} dataset is not at {folder}: set IMAGE_SEARCH_TEST_DATASETS to the folder that "
+                    f"holds {name}/labels.csv (default: ../shared/datasets beside the project)")
+    return folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -80,17 +90,33 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def settings(data_dir, cache_dir) -> Settings:
-    return Settings(data_dir=data_dir, cache_dir=cache_dir, model="efficientnet-lite0", batch_size=4)
+    """In-process apps do not watch their folder: a test says when files are synced (the watcher has its own tests)."""
+    return Settings(data_dir=data_dir, cache_dir=cache_dir, model="efficientnet-lite0", batch_size=4,
+                    watch_folder=False, rescan_seconds=0)
 
 
-def build_app(settings: Settings, wait: bool = True):
+_open_services: list[ImageSearchService] = []
+
+
+def build_app(settings: Settings, wait: bool = True, close_after_test: bool = True):
+    """An app on a real service; it is closed after the test unless the caller closes it (a module's app)."""
     engine = get_engine(settings.model, settings)
     service = ImageSearchService(settings, engine).open()
+    if close_after_test:
+        _open_services.append(service)
     if wait and service.startup_job is not None:
         service.startup_job.thread.join()
     app = create_app(settings, service=service)
     app.config["TESTING"] = True
     return app
+
+
+@pytest.fixture(autouse=True)
+def close_services():
+    """Services built in a test stop their watcher and follower threads and let their database go after it."""
+    yield
+    while _open_services:
+        _open_services.pop().close()
 
 
 @pytest.fixture
@@ -106,12 +132,13 @@ def client(app):
 class LiveServer(ServerProcess):
     """`python app.py` as a real process on a free port, ready once its startup indexing has finished."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, cache_dir: Path | None = None):
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, cache_dir: Path | None = None,
+                 log_name: str = "server.log"):
         server_env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": "efficientnet-lite0"}
         if cache_dir:
             server_env["IMAGE_SEARCH_CACHE_DIR"] = str(cache_dir)
         super().__init__([sys.executable, str(PROJECT_DIR / "app.py")], {**server_env, **(env or {})},
-                         data_dir / "server.log", "/api/status",
+                         data_dir / log_name, "/api/status",
                          ready=lambda response: response.json()["startup"]["state"] == "ready")
 
     def start(self, timeout: float = 180) -> "LiveServer":
@@ -137,6 +164,26 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, "rep_" + report.when, report)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session; tests that need it skip, saying why, when it is not installed."""
+    binaries = postgres_binaries()
+    if binaries is None:
+        pytest.skip("PostgreSQL server programs are not installed (Debian: apt-get install postgresql; "
+                    ".ci/run installs them)")
+    server = PostgresServer(binaries).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def catalogue_env(request) -> dict[str, str]:
+    """The environment that puts a live server's catalogue in SQLite (the default) or in a new PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"IMAGE_SEARCH_DATABASE": request.getfixturevalue("postgres").create_database()}
 
 
 @pytest.fixture(scope="session")

@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-import requests
 from PIL import Image
 
 from conftest import PROJECT_DIR, LiveServer, make_library
 from imgsearch.config import Settings
 from test_browser import XSS_NAME, _new_page, api_images, card, open_app, screenshot, sync_api, toast
+
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 expect = sync_api.expect
 
@@ -44,19 +47,28 @@ def server(tmp_path_factory, cache_dir):
     originals = {name: photo_bytes(name) for name in (PHOTO, *OTHER_ORIGINALS)}
     data_dir = make_library(tmp_path_factory.mktemp("duplicates-library"), originals, USER_COPIES)
     live = LiveServer(data_dir, cache_dir=cache_dir, env={"IMAGE_SEARCH_MODEL": "efficientnet-lite0"}).start()
+    live.data_dir = data_dir
     yield live
     live.stop()
 
 
 @pytest.fixture
 def library(server):
-    """Puts back any user copy an earlier test deleted, so each test starts from the same library."""
-    present = set(api_images(server)["images"])
-    for name, data in USER_COPIES.items():
-        if name not in present:
-            response = requests.post(f"{server.url}/api/upload-image", files={"file": (name, data, "image/jpeg")},
-                                     timeout=60)
-            assert response.json()["filename"] == name, response.text
+    """Puts back any user copy an earlier test deleted, so each test starts from the same library.
+
+    They are copied in by hand (an upload of the exact copy would be recognised as the original's bytes
+    and not stored again), and the app's folder watcher indexes them.
+    """
+    missing = set(USER_COPIES) - set(api_images(server)["images"])
+    for name in missing:
+        (server.data_dir / "images" / name).write_bytes(USER_COPIES[name])
+    deadline = time.monotonic() + 60
+    while missing:
+        listing = api_images(server)
+        if missing <= set(listing["images"]) and not missing & set(listing["pending"]):
+            break
+        assert time.monotonic() < deadline, f"the watcher did not index {sorted(missing)}"
+        time.sleep(0.2)
     return server
 
 
@@ -228,14 +240,14 @@ def test_minimum_similarity_and_hiding_near_exact_copies(page, library):
     page.get_by_role("tab", name="Choose from Library", exact=True).click()
     page.locator("#picker-grid").get_by_role("button", name=f"Search with {PHOTO}").click()
     expect(page.locator("#results-grid > li")).to_have_count(6)
-    assert "min_similarity" not in searches[-1].post_data
+    assert "min_similarity" not in json.loads(searches[-1].post_data)
 
     minimum = page.get_by_label("Minimum similarity")
     expect(minimum).to_have_value("0")
     with page.expect_request("**/api/search") as sent:
         minimum.fill("50")
         minimum.press("Enter")
-    assert 'name="min_similarity"\r\n\r\n0.5\r\n' in sent.value.post_data
+    assert json.loads(sent.value.post_data)["min_similarity"] == 0.5
     expect(page.locator("#results-grid > li")).to_have_count(2)
     assert result_names(page) == [EXACT_COPY, LOW_QUALITY_COPY]
     expect(page.locator("#search-status")).to_contain_text("50% similar or more")

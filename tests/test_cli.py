@@ -1,4 +1,4 @@
-"""The command line and the indexing loop behind it: index, search, resume, shards, and the originals script."""
+"""The command line and the sync loop behind it: index, search, resume, shards, merge, and the originals script."""
 from __future__ import annotations
 
 import json
@@ -13,14 +13,16 @@ import pytest
 
 from conftest import PROJECT_DIR, make_image
 from imgsearch import cli
+from imgsearch.catalogue import Catalogue, read_vectors
 from imgsearch.config import Settings
 from imgsearch.engines import get_engine
 from imgsearch.engines.color import ColorHistogramEngine
-from imgsearch.indexing import Shard, index_files, walk_images
+from imgsearch.index.exact import ExactIndex
 from imgsearch.service import ImageSearchService
-from imgsearch.store import FeatureSet
+from imgsearch.space import FeatureSpace
+from imgsearch.sync import FolderSource, Shard, sync, walk_images
 
-COLOR_STORE = ".imgsearch/color-none-chi2.npz"
+COLOR_STORE = ".imgsearch/catalogue.db"
 GOOD_IMAGES = ["blue.png", "green.jpg", "red.png", "sub/deeper/purple.webp", "sub/red_square.png", "yellow.gif"]
 
 
@@ -55,10 +57,15 @@ def index(capsys, folder, *extra) -> tuple[int, str, str]:
 
 
 def stored(path: Path, dim: int = ColorHistogramEngine.dim, model_id: str = "color-none-chi2") -> dict:
-    """name -> (vector, stamp) of a saved feature file."""
-    feature_set = FeatureSet(path, model_id, dim)
-    assert feature_set.load(), feature_set.load_problem
-    return {name: (feature_set.vector(name), feature_set.stamp(name)) for name in feature_set.names}
+    """name -> (vector, stamp) of one engine's vectors in a catalogue file."""
+    assert path.is_file(), path
+    catalogue = Catalogue(f"sqlite:///{path}").open()
+    try:
+        with catalogue.reading() as conn:
+            return {name: (vector, stamp) for names, matrix, stamps in read_vectors(conn, model_id, dim)
+                    for name, vector, stamp in zip(names, matrix, stamps)}
+    finally:
+        catalogue.close()
 
 
 def stamp_of(path: Path) -> tuple[int, int]:
@@ -100,7 +107,6 @@ def test_shards_partition_names_the_same_way_everywhere():
     parts = [{name for name in names if shard.holds(name)} for shard in shards]
     assert sum(map(len, parts)) == len(names) and set().union(*parts) == set(names)
     assert all(len(part) > 40 for part in parts)
-    assert Shard.parse("1/3").path_for(Path("s/model.npz")) == Path("s/model.shard-1-of-3.npz")
     for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
         with pytest.raises(ValueError):
             Shard.parse(bad)
@@ -109,6 +115,7 @@ def test_shards_partition_names_the_same_way_everywhere():
 # ----- index and search ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_round_trip_through_python_dash_m(photos):
     """The real entry point, in a fresh process: index, then a JSON search."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -153,7 +160,7 @@ def test_search_prints_rank_score_and_path(photos, capsys):
 def test_search_errors_are_clear_and_exit_2(photos, capsys):
     code, out, err = run(capsys, "search", photos / "red.png", "--folder", photos, "--engine", "color")
     assert code == 2 and out == ""
-    assert "no usable feature store" in err and "python -m imgsearch index" in err
+    assert "no color-none-chi2 features" in err and "python -m imgsearch index" in err
     index(capsys, photos)
     for query, message in ((photos / "notes.txt", "not a readable image"), (photos / "absent.png", "No such file")):
         code, out, err = run(capsys, "search", query, "--folder", photos, "--engine", "color")
@@ -188,14 +195,14 @@ def test_a_file_that_becomes_unreadable_loses_its_vector(photos, capsys):
     (photos / "green.jpg").write_bytes(b"truncated")
     code, out, err = index(capsys, photos)
     assert code == 0 and "skipped green.jpg:" in err
-    assert "0 computed, 5 unchanged, 2 skipped (listed above), 1 dropped" in out
+    assert "0 computed, 5 unchanged, 2 skipped (listed above), 0 dropped" in out
     assert "green.jpg" not in stored(photos / COLOR_STORE)
 
 
 def test_store_option_and_one_file_per_engine(photos, tmp_path, capsys):
     elsewhere = tmp_path / "elsewhere"
     assert index(capsys, photos, "--store", elsewhere)[0] == 0
-    assert (elsewhere / "color-none-chi2.npz").is_file() and not (photos / ".imgsearch").exists()
+    assert (elsewhere / "catalogue.db").is_file() and not (photos / ".imgsearch").exists()
     code, out, _ = run(capsys, "search", photos / "red.png", "--folder", photos, "--engine", "color",
                        "--store", elsewhere)
     assert code == 0 and len(out.splitlines()) == 4
@@ -206,130 +213,77 @@ def test_store_option_and_one_file_per_engine(photos, tmp_path, capsys):
 
 def test_interrupted_run_resumes_and_extracts_each_file_once(photos, capsys, monkeypatch):
     store = photos / COLOR_STORE
-    saved_rows_seen = []
+    committed_rows_seen = []
 
-    def look_at_checkpoint(batch_number):
-        saved_rows_seen.append(len(stored(store)) if store.exists() else 0)
+    def look_at_catalogue(batch_number):
+        committed_rows_seen.append(len(stored(store)))
 
-    interrupted = ScriptedColorEngine(stop_at_batch=4, before_batch=look_at_checkpoint)
+    interrupted = ScriptedColorEngine(stop_at_batch=4, before_batch=look_at_catalogue)
     monkeypatch.setattr(cli, "load_engine", lambda settings: interrupted)
-    code, _, err = run(capsys, "index", photos, "--batch-size", 1, "--checkpoint-every", 2)
+    code, _, err = run(capsys, "index", photos, "--batch-size", 1)
     assert code == cli.EXIT_INTERRUPTED and "run the same command again to resume" in err
-    # Checkpoints after batches 2 (and 4, which never came); the stop itself saves the 3 finished batches.
-    assert saved_rows_seen == [0, 0, 2, 2]
+    # Every finished batch is committed at once; the fourth never finished.
+    assert committed_rows_seen == [0, 1, 2, 3]
     assert interrupted.rows == 3 and len(stored(store)) == 3
 
-    abandoned = store.with_name(f".{store.name}.k1ll3d.tmp")  # what a kill during a save leaves behind
-    abandoned.write_bytes(b"half a file")
     resumed = ScriptedColorEngine()
     monkeypatch.setattr(cli, "load_engine", lambda settings: resumed)
-    code, out, _ = run(capsys, "index", photos, "--batch-size", 1, "--checkpoint-every", 2)
+    code, out, _ = run(capsys, "index", photos, "--batch-size", 1)
     assert code == 0 and "3 computed, 3 unchanged" in out
     assert interrupted.rows + resumed.rows == len(GOOD_IMAGES)
-    assert sorted(stored(store)) == GOOD_IMAGES and not abandoned.exists()
+    assert sorted(stored(store)) == GOOD_IMAGES
 
 
-def test_names_are_streamed_not_listed_up_front(photos):
-    """Extraction starts before the name list is exhausted, with at most two batches read ahead."""
-    pulled = 0
-
-    def names():
-        nonlocal pulled
-        for name in GOOD_IMAGES:
-            pulled += 1
-            yield name
-
-    pulled_at_batch = []
-    engine = ScriptedColorEngine(before_batch=lambda batch_number: pulled_at_batch.append(pulled)).load()
-    feature_set = FeatureSet(photos / "streamed.npz", engine.model_id, engine.dim)
-    index_files(feature_set, engine, names(), photos.joinpath, batch_size=2)
-    assert pulled_at_batch == [4, 6, 6]
-
-
-def test_a_file_changed_during_extraction_is_left_for_the_next_run(photos):
-    engine = ColorHistogramEngine().load()
+def test_a_file_changed_during_extraction_is_left_for_the_next_run(photos, tmp_path):
     touched = photos / "blue.png"
 
     def touch(batch_number):
         if batch_number == 1:
             os.utime(touched, ns=(stamp_of(touched)[1] + 10**9,) * 2)
 
+    catalogue = Catalogue(f"sqlite:///{tmp_path / 'catalogue.db'}").open()
     meddling = ScriptedColorEngine(before_batch=touch).load()
-    feature_set = FeatureSet(photos / "store.npz", engine.model_id, engine.dim)
-    report = index_files(feature_set, meddling, GOOD_IMAGES, photos.joinpath, batch_size=2)
-    assert ("blue.png", "changed or vanished while it was being read; run again") in report.failures
-    assert "blue.png" not in feature_set and report.computed == 5
-    report = index_files(feature_set, engine, GOOD_IMAGES, photos.joinpath, batch_size=2)
-    assert (report.computed, report.unchanged) == (1, 5) and feature_set.stamp("blue.png") == stamp_of(touched)
+    space = FeatureSpace(catalogue, meddling, lambda store: ExactIndex(store, meddling.metric)).open()
+    report = sync(catalogue, space, FolderSource(photos), batch_size=2)
+    assert "blue.png" not in space.store and report.computed == 5
+    assert "blue.png" in space.pending()
+    report = sync(catalogue, space, FolderSource(photos), batch_size=2)
+    assert (report.computed, report.unchanged) == (1, 5) and space.store.stamp("blue.png") == stamp_of(touched)
+    catalogue.close()
 
 
-def test_lock_and_vector_index_are_kept_in_step(photos):
-    """What a live app needs: changes under its lock, and its vector index told about them."""
-    class RecordingLock:
-        held = False
-
-        def __enter__(self):
-            self.held = True
-
-        def __exit__(self, *exc_info):
-            self.held = False
-
-    lock = RecordingLock()
-
-    class RecordingIndex:
-        def __init__(self):
-            self.names = set()
-
-        def add(self, names, vectors):
-            assert lock.held and len(names) == len(vectors)
-            self.names.update(names)
-
-        def remove(self, names):
-            assert lock.held
-            self.names.difference_update(names)
-
-    engine = ColorHistogramEngine().load()
-    feature_set = FeatureSet(photos / "store.npz", engine.model_id, engine.dim)
-    vector_index = RecordingIndex()
-    index_files(feature_set, engine, GOOD_IMAGES, photos.joinpath, lock=lock, index=vector_index)
-    assert vector_index.names == set(GOOD_IMAGES)
-    report = index_files(feature_set, engine, GOOD_IMAGES[1:] + ["gone.png"], photos.joinpath, lock=lock,
-                         index=vector_index)
-    assert report.failures == [("gone.png", "file not found")] and report.dropped == 1
-    assert vector_index.names == set(GOOD_IMAGES[1:]) == set(feature_set.names)
+# ----- shards and merge ------------------------------------------------------------------------
 
 
-# ----- shards ----------------------------------------------------------------------------------
-
-
-def test_two_shards_merged_equal_one_unsharded_run(photos, tmp_path, capsys):
+@pytest.mark.slow
+def test_two_shard_processes_at_once_fill_one_catalogue_like_one_run(photos, tmp_path, capsys):
+    """Shards run side by side on one SQLite catalogue: its writers queue, nothing is lost or doubled."""
     whole = tmp_path / "whole"
     index(capsys, photos, "--store", whole)
-    for shard in ("0/2", "1/2"):
-        code, out, _ = index(capsys, photos, "--shard", shard)
-        assert code == 0 and f"when every shard of 2 has run: python -m imgsearch merge {photos}" in out
-    parts = [stored(photos / f".imgsearch/color-none-chi2.shard-{i}-of-2.npz") for i in range(2)]
-    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
-    assert not (photos / COLOR_STORE).exists()
-
-    code, out, _ = run(capsys, "merge", photos)
-    assert code == 0 and "6 images, color-none-chi2" in out
-    merged, unsharded = stored(photos / COLOR_STORE), stored(whole / "color-none-chi2.npz")
-    assert sorted(merged) == sorted(unsharded) == GOOD_IMAGES
+    runs = [subprocess.Popen([sys.executable, "-m", "imgsearch", "index", str(photos), "--engine", "color",
+                              "--batch-size", "1", "--shard", shard], cwd=PROJECT_DIR, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for shard in ("0/2", "1/2")]
+    outputs = [process.communicate(timeout=300) for process in runs]
+    assert all(process.returncode == 0 for process in runs), outputs
+    computed = [int(out.split(" computed")[0].rsplit(" ", 1)[-1]) for out, _ in outputs]
+    assert sum(computed) == 6 and all(computed)
+    sharded, unsharded = stored(photos / COLOR_STORE), stored(whole / "catalogue.db")
+    assert sorted(sharded) == sorted(unsharded) == GOOD_IMAGES
     for name, (vector, stamp) in unsharded.items():
-        assert np.allclose(merged[name][0], vector) and merged[name][1] == stamp
+        assert np.allclose(sharded[name][0], vector) and sharded[name][1] == stamp
 
 
-def test_merge_refuses_missing_or_mixed_shards(photos, capsys):
-    code, _, err = run(capsys, "merge", photos)
-    assert code == 2 and "no shard files" in err
-    index(capsys, photos, "--shard", "0/2")
-    code, _, err = run(capsys, "merge", photos)
-    assert code == 2 and "shard(s) 1 of 2 are missing" in err
-    FeatureSet(photos / ".imgsearch/other-model.shard-1-of-2.npz", "other-model", 4).save()
-    code, _, err = run(capsys, "merge", photos)
-    assert code == 2 and "different models (color-none-chi2, other-model)" in err
-    assert not (photos / COLOR_STORE).exists()
+def test_merge_copies_the_vectors_of_shards_indexed_elsewhere(photos, tmp_path, capsys):
+    for shard, store in (("0/2", "a"), ("1/2", "b")):
+        assert index(capsys, photos, "--shard", shard, "--store", tmp_path / store)[0] == 0
+    (photos / "sub" / "red_square.png").unlink()  # gone since: its vector is not merged
+    code, out, _ = run(capsys, "merge", photos, tmp_path / "a" / "catalogue.db", tmp_path / "b" / "catalogue.db")
+    assert code == 0 and "copied from 2 catalogue(s): 5 color-none-chi2 vectors, 5 imagenet-tags-" in out
+    assert sorted(stored(photos / COLOR_STORE)) == [name for name in GOOD_IMAGES if name != "sub/red_square.png"]
+    code, out, _ = index(capsys, photos)
+    assert code == 0 and "0 computed, 5 unchanged" in out
+    code, _, err = run(capsys, "merge", photos, tmp_path / "absent" / "nothing.db" / "x.db")
+    assert code == 2 and "there is no catalogue at" in err
 
 
 # ----- the app's originals and index -----------------------------------------------------------
@@ -356,10 +310,11 @@ def test_generate_original_features_makes_the_store_the_app_loads(settings, monk
     engine = get_engine("efficientnet-lite0", settings)
     service = ImageSearchService(settings, engine).open()
     assert service.startup_job is None and service.status()["pending"] == 0
-    assert len(service.store.originals) == 6 and service.store.originals.load_problem == ""
+    assert len(service.store.originals) == 6
+    service.close()
 
 
-def test_originals_init_shards_and_merge(tmp_path, monkeypatch, capsys):
+def test_originals_init_and_shards(tmp_path, monkeypatch, capsys):
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
     for i, color in enumerate(("red", "green", "blue", "yellow", "purple")):
@@ -375,16 +330,16 @@ def test_originals_init_shards_and_merge(tmp_path, monkeypatch, capsys):
                                                                       "red.png", "yellow.png"]
     code, _, err = run_script(monkeypatch, capsys, "--init")
     assert code == 2 and "already exists" in err
-    code, _, err = run_script(monkeypatch, capsys, "--merge")
-    assert code == 2 and "missing" in err
-    assert run_script(monkeypatch, capsys, "--shard", "1/2")[0] == 0
-    code, out, _ = run_script(monkeypatch, capsys, "--merge")
-    assert code == 0 and "originals.npz: 5 images" in out
+    first = int(out.split(" computed")[0].rsplit(" ", 1)[-1])
+    code, out, _ = run_script(monkeypatch, capsys, "--shard", "1/2")
+    assert code == 0 and first + int(out.split(" computed")[0].rsplit(" ", 1)[-1]) == 5
+    assert "5 images, color-none-chi2" in out
 
-    settings = Settings(data_dir=data, model="color")
+    settings = Settings(data_dir=data, model="color", watch_folder=False, rescan_seconds=0)
     service = ImageSearchService(settings, get_engine("color", settings)).open()
     assert service.startup_job is None and service.status()["pending"] == 0
     assert sorted(service.store.originals.names) == ["blue.png", "green.png", "purple.png", "red.png", "yellow.png"]
+    service.close()
 
 
 def test_rebuild_computes_what_is_missing_and_reports_counts(data_dir, monkeypatch, capsys):
@@ -395,3 +350,16 @@ def test_rebuild_computes_what_is_missing_and_reports_counts(data_dir, monkeypat
     assert "color-none-chi2: 6 originals and 0 user images stored; the exact index holds 6 vectors" in out
     code, out, _ = run(capsys, "rebuild", "--engine", "color")
     assert code == 0 and "computed" not in out and "index holds 6 vectors" in out
+
+
+@pytest.mark.slow
+def test_the_imgsearch_command_works_from_any_folder(tmp_path):
+    """`make` installs the project into its venv, which puts an `imgsearch` command beside the interpreter."""
+    command = Path(sys.executable).with_name("imgsearch")
+    if not command.exists():
+        pytest.skip("the project is not installed in this environment (make does `pip install -e .`)")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "red.png").write_bytes(make_image("red"))
+    indexed = subprocess.run([str(command), "index", "photos", "--engine", "color"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert indexed.returncode == 0 and "1 computed" in indexed.stdout, indexed.stderr

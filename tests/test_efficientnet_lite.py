@@ -21,7 +21,12 @@ from imgsearch.engines.efficientnet_lite import (  # noqa: E402
     convert_state_dict,
     load_converted,
 )
+from imgsearch.tagging import rank_by_text, top_tags  # noqa: E402
 from imgsearch.torch_checkpoint import load_legacy_state_dict  # noqa: E402
+from imgsearch.vocabulary import load as load_vocabulary  # noqa: E402
+
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 # Sample photos bundled in the scikit-image wheel, with the ImageNet classes they must come out as: the
 # first class for the three clear photos, and among the best three for the rocket, which the larger networks
@@ -75,6 +80,15 @@ def test_sample_photos_get_their_imagenet_classes(engine, photos):
         if name in TOP_CLASS_PHOTOS:
             assert best[0] in expected, f"{engine.name}, {name}: top class {best[0]} (p={row.max():.3f})"
     assert probabilities[list(photos).index("coffee"), 967] > 0.5
+
+
+def test_words_find_the_sample_photos_through_their_tags(engine, photos):
+    """The classifier's kept tags and the vocabulary's hypernyms: a general word puts its photo first."""
+    classes, probabilities = top_tags(engine.classify(np.stack(list(photos.values()))))
+    vocabulary = load_vocabulary()
+    for word, photo in (("cats", "chelsea"), ("coffee", "coffee"), ("motor vehicle", "motorcycle_left")):
+        ranked = rank_by_text(vocabulary.match(word), classes, probabilities)
+        assert ranked and ranked[0][0] == list(photos).index(photo), f"{word}: {ranked}"
 
 
 def test_features_are_unit_length_1280_d_and_semantic(engine, photos):
@@ -134,14 +148,15 @@ def test_converted_weights_are_cached_and_reused(tmp_path, monkeypatch):
     assert not first.cache_path.exists()
     first.load()
     assert first.cache_path.exists()
-    assert [p.name for p in tmp_path.iterdir()] == [first.cache_path.name]  # no temporary file left behind
+    assert not list(tmp_path.rglob(".*"))  # no temporary file left behind
     written = first.cache_path.stat().st_mtime_ns
 
     def must_not_convert(_path):
         raise AssertionError("the PyTorch checkpoint was read again although the cache exists")
 
     monkeypatch.setattr(module, "load_legacy_state_dict", must_not_convert)
-    second = EfficientNetLiteEngine(cache_dir=tmp_path).load()
+    # On TensorFlow the Keras model is built again (the ONNX Runtime path would read its cached graph instead).
+    second = EfficientNetLiteEngine(cache_dir=tmp_path, runtime="tensorflow").load()
     assert second.cache_path.stat().st_mtime_ns == written
     image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
     np.testing.assert_allclose(second.extract(image), first.extract(image), atol=1e-5)

@@ -13,11 +13,10 @@ from imgsearch.evaluate import (
     KNOWN_TRANSFORMS,
     TRANSFORMS,
     WIDER_TRANSFORMS,
-    cached_features,
     class_subset,
+    dataset_features,
     duplicate_threshold_study,
     evaluate_dataset,
-    evaluate_engine,
     features_of,
     leave_one_out_metrics,
     model_throughput,
@@ -131,16 +130,6 @@ class MeanColourEngine(Engine):
         return batch.reshape(len(batch), -1, 3).mean(axis=1)
 
 
-def test_evaluate_engine_runs_a_folder_end_to_end(tmp_path):
-    for i in range(5):
-        _write_image(tmp_path / "red" / f"{i}.png", (200 + 10 * i, 10, 10))
-        _write_image(tmp_path / "green" / f"{i}.jpg", (10, 200 + 10 * i, 10))
-    result = evaluate_engine(MeanColourEngine(), tmp_path, batch_size=3)
-    assert result["P@1"] == 1.0 and result["mAP"] == 1.0
-    assert result["images"] == 10 and result["engine"] == "mean-colour"
-    assert result["batch_size"] == 3 and result["images_per_second"] > 0
-
-
 def test_model_throughput_counts_images_per_second():
     images = np.zeros((7, 8, 8, 3), np.uint8)
     assert model_throughput(MeanColourEngine(), images, batch_size=3) > 0
@@ -248,13 +237,17 @@ def test_same_class_pairs_are_each_counted_once():
 def test_features_are_cached_per_engine_and_transform(tmp_path):
     for i in range(3):
         _write_image(tmp_path / "set" / "x" / f"{i}.png", (50 * i, 100, 10))
-    paths, _ = read_labelled_folder(tmp_path / "set")
-    first, timing = cached_features(MeanColourEngine(), paths, tmp_path / "cache")
-    again, cached = cached_features(MeanColourEngine(), paths, tmp_path / "cache")
-    assert not timing["from_cache"] and cached["from_cache"]
+    root = tmp_path / "set"
+    paths, _ = read_labelled_folder(root)
+    first, timing = dataset_features(MeanColourEngine(), root, paths, tmp_path / "cache")
+    again, cached = dataset_features(MeanColourEngine(), root, paths, tmp_path / "cache")
+    assert not timing["from_cache"] and cached["from_cache"] and cached["images"] == 3
     np.testing.assert_array_equal(first, again)
-    mirrored, timing = cached_features(MeanColourEngine(), paths, tmp_path / "cache", transform_name="grayscale")
-    assert not timing["from_cache"] and not np.allclose(mirrored, first)
+    grey, timing = dataset_features(MeanColourEngine(), root, paths, tmp_path / "cache", transform_name="grayscale")
+    assert not timing["from_cache"] and not np.allclose(grey, first)
+    subset, timing = dataset_features(MeanColourEngine(), root, paths[1:], tmp_path / "cache")
+    assert timing["from_cache"]
+    np.testing.assert_array_equal(subset, first[1:])
 
 
 def test_evaluate_dataset_with_post_processing(tmp_path):
@@ -313,10 +306,10 @@ def test_concatenated_engine_joins_each_parts_unit_vectors(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(vectors[:, :3], axis=1), np.sqrt(0.5), rtol=1e-6)
     np.testing.assert_allclose(vectors[:, 3], np.sqrt(0.5), rtol=1e-6)  # one dimension: the scale does not matter
     # evaluate joins the parts' own cached features, and gets what the engine computes.
-    joined, timing = features_of(both, paths, tmp_path / "cache", batch_size=2)
+    joined, timing = features_of(both, tmp_path, paths, tmp_path / "cache", batch_size=2)
     np.testing.assert_allclose(joined, vectors, atol=1e-6)
     assert timing["images"] == 3 and len(timing["parts"]) == 2
-    assert cached_features(MeanColourEngine(), paths, tmp_path / "cache")[1]["from_cache"]
+    assert dataset_features(MeanColourEngine(), tmp_path, paths, tmp_path / "cache")[1]["from_cache"]
     with pytest.raises(ValueError, match="cosine"):
         ConcatenatedEngine([MeanColourEngine()])
 

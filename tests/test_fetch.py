@@ -244,9 +244,10 @@ def test_private_and_local_addresses_are_refused(url):
     assert "private or local address" in error.message
 
 
-def test_refusal_names_the_host_and_the_address_it_means():
+def test_refusal_names_the_host_the_address_it_means_and_the_setting_that_allows_it():
     error = fetch_error("http://0x7f000001/", allow_private=False)
-    assert error.message == "Refusing to fetch 0x7f000001: it resolves to a private or local address (127.0.0.1)."
+    assert error.message == ("Refusing to fetch 0x7f000001: it resolves to a private or local address (127.0.0.1). "
+                             "On a trusted network, IMAGE_SEARCH_ALLOW_PRIVATE_URLS=1 allows it.")
 
 
 def test_public_looking_name_resolving_to_loopback_is_refused():

@@ -14,7 +14,11 @@ import http.client
 import http.server
 import io
 import json
+import os
+import socket
 import struct
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -25,6 +29,9 @@ import requests
 from PIL import Image
 
 from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, loopback_server, make_image, make_library
+
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 MiB = 1024 * 1024
 COLOR = {"IMAGE_SEARCH_MODEL": "color"}
@@ -75,9 +82,12 @@ def server(data_dir):
 
 
 def disk_state(data_dir: Path) -> dict[str, str]:
-    """Every file of the data folder and its parent that a request could create, change or delete."""
+    """Every file of the data folder and its parent that a request could create, change or delete.
+
+    The app's own state (the catalogue database, index checkpoints) is left out: it changes with every write.
+    """
     files = [p for p in data_dir.parent.rglob("*") if p.is_file() and p.name != "server.log"
-             and "features" not in p.relative_to(data_dir.parent).parts]
+             and not p.name.startswith("catalogue.db") and "features" not in p.relative_to(data_dir.parent).parts]
     return {str(p.relative_to(data_dir.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
 
 
@@ -241,6 +251,21 @@ def test_hostile_filenames_are_stored_under_a_safe_fresh_name(server, data_dir, 
     assert (data_dir / "images" / name).read_bytes() == data
     assert requests.get(f"{server.url}/images/{quote(name)}", timeout=30).content == data
     assert name in requests.get(server.url + "/api/images", timeout=30).json()["images"]
+
+
+@pytest.mark.parametrize("client_name,stored", [(b"---rf.png", "image_---rf.png"), (b"-n.png", "image_-n.png"),
+                                                (b"CON.png", "image_CON.png"), (b"nul.tar.png", "image_nul.tar.png"),
+                                                (b"lpt1.png", "image_lpt1.png"), (b"console.png", "console.png")])
+def test_names_that_tools_or_windows_misread_get_a_prefix(server, data_dir, client_name, stored):
+    status, _, body = multipart_upload(server, client_name, make_image("green", seed=len(client_name)))
+    assert status == 200 and json.loads(body)["filename"].startswith(stored.rsplit(".", 1)[0])
+    requests.delete(f"{server.url}/api/delete-image/{json.loads(body)['filename']}", timeout=30)
+
+
+def test_echoed_names_are_cut_short(server, unchanged):
+    name = "x" * (MiB - 100)  # as large as a JSON body may be
+    response = requests.post(server.url + "/api/search", json={"filename": name}, timeout=30)
+    assert len(assert_json_error(response, 404)) < 200
 
 
 # ----- paths: nothing outside images/ is ever served, thumbnailed or deleted ------------------------------------
@@ -483,6 +508,15 @@ def test_loopback_host_names_are_served(server, host):
     assert status == 200, body
 
 
+@pytest.mark.parametrize("path", ["/", "/api/status", "/images/red_circle.png", "/api/nothing-here"])
+def test_no_site_can_frame_the_app_and_only_its_own_scripts_run(server, path):
+    response = requests.get(server.url + path, timeout=10)
+    assert response.headers["X-Frame-Options"] == "DENY"
+    policy = dict(directive.strip().split(" ", 1) for directive in response.headers["Content-Security-Policy"].split(";"))
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["script-src"] == policy["style-src"] == policy["default-src"] == "'self'"
+
+
 def test_default_bind_is_loopback_without_warning(server):
     assert f"Serving on http://127.0.0.1:{server.port}" in server.output()
     assert "without IMAGE_SEARCH_TOKEN" not in server.output()
@@ -529,11 +563,47 @@ def test_with_a_token_other_host_names_are_served(token_server):
     assert status == 200
 
 
-def test_binding_beyond_loopback_without_a_token_warns(tmp_path):
+def test_binding_beyond_loopback_without_a_token_warns_and_still_checks_host_names(tmp_path):
     # Binds every interface for a moment; the test only ever talks to it over 127.0.0.1.
     server = LiveServer(new_library(tmp_path), {**COLOR, "HOST": "0.0.0.0"}).start()
     try:
         assert requests.get(server.url + "/api/status", timeout=10).status_code == 200
         assert "Binding to 0.0.0.0 without IMAGE_SEARCH_TOKEN" in server.output()
+        assert "Requests are served only under" in server.output()
+        for host in ("evil.example", "rebind.attacker.test:{port}", "127.0.0.1.nip.io"):
+            status, _, _ = raw_request(server, "DELETE", "/api/delete-image/red_circle.png",
+                                       headers={"Host": host.format(port=server.port)})
+            assert status == 403
+        # Bound to every address: a LAN client names the machine by its address, which no rebinding page can use.
+        for host in ("127.0.0.1:{port}", "192.168.1.20:{port}", "[fe80::1]:{port}", "localhost"):
+            status, _, _ = raw_request(server, "GET", "/api/status", headers={"Host": host.format(port=server.port)})
+            assert status == 200, host
     finally:
         server.stop()
+
+
+def test_host_is_read_the_way_the_socket_reads_it(tmp_path):
+    """HOST=127.000.000.001 binds 127.0.0.1: still loopback, no warning, and foreign names are refused."""
+    env = {**COLOR, "HOST": "127.000.000.001", "IMAGE_SEARCH_ALLOWED_HOSTS": "Photos.LAN"}
+    server = LiveServer(new_library(tmp_path), env).start()
+    try:
+        assert "without IMAGE_SEARCH_TOKEN" not in server.output()
+        for host, expected in [("evil.example", 403), ("192.168.1.20:{port}", 403), ("127.0.0.1:{port}", 200),
+                               ("photos.lan:{port}", 200), ("localhost:{port}", 200)]:
+            status, _, _ = raw_request(server, "GET", "/api/images", headers={"Host": host.format(port=server.port)})
+            assert status == expected, host
+    finally:
+        server.stop()
+
+
+def test_a_busy_port_is_one_line_and_a_non_zero_exit(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, str(PROJECT_DIR / "app.py"), "--port", str(port)], timeout=60,
+                                capture_output=True, text=True, cwd=PROJECT_DIR,
+                                env={**os.environ, **COLOR, "IMAGE_SEARCH_DATA_DIR": str(new_library(tmp_path))})
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).strip().splitlines()
+    assert len(lines) == 1 and str(port) in lines[0] and "--port" in lines[0], lines

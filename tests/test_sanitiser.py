@@ -1,4 +1,4 @@
-"""Property tests for filename handling: `Library.save_upload` and the name checks of `Library.path_of`.
+"""Property tests for filename handling: `Library.link_upload` and the name checks of `Library.path_of`.
 
 Whatever name a client sends, the stored name is a plain, fresh file name inside images/ that keeps the
 image's real format as its extension; whatever name a request asks for, the only paths ever returned are
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from imgsearch.imaging import EXTENSION_FOR_FORMAT
-from imgsearch.library import Library, NotFound
+from imgsearch.library import WINDOWS_DEVICE_NAMES, Library, NotFound
 
 ORIGINALS = ("image.png", "photo.jpg", "red_circle.png", "a.gif", "image_1.png")
 EXTENSIONS = sorted(set(EXTENSION_FOR_FORMAT.values()))
@@ -24,7 +24,7 @@ DATA = b"\x89PNG pretend image bytes"
 TRICKY = st.sampled_from([
     "..", ".", "/", "\\", "\x00", "~", " ", ":", "C:", "%2F", "%00", "..%2f", "\u202e", "\u0301", "\ufeff",
     "名前", "ﬁ", "Ａ", "\ud800", "\udcff", "image", "photo", "red_circle", ".png", ".jpg", ".PNG", ".gif",
-    "/etc/passwd", "../../app.py", "\r\n", "\t", "<script>", "\"", "'",
+    "/etc/passwd", "../../app.py", "\r\n", "\t", "<script>", "\"", "'", "-", "--", "CON", "nul", "Com1", "LPT9",
 ])
 ANY_CHARACTER = st.characters(exclude_categories=())
 NAMES = st.one_of(
@@ -50,15 +50,25 @@ def library(tmp_path_factory) -> Library:
     return Library(root / "images", root / "thumbnails", root / "uploads", root / "manifest.txt")
 
 
+def save_upload(library: Library, client_name: str, extension: str) -> str:
+    """What the app does with an upload's bytes: stage and sync them, then link them in under a fresh name."""
+    staged = library.stage_upload(DATA)
+    try:
+        return library.link_upload(staged, client_name, extension)
+    finally:
+        staged.unlink()
+
+
 @PROPERTY_SETTINGS
 @given(client_name=NAMES, extension=st.sampled_from(EXTENSIONS))
 def test_stored_name_is_a_fresh_plain_name_inside_images(library, client_name, extension):
-    name = library.save_upload(DATA, client_name, extension)
+    name = save_upload(library, client_name, extension)
 
     assert name == os.path.basename(name) and not os.path.isabs(name)
     assert "/" not in name and "\\" not in name and "\x00" not in name
     assert name not in (".", "..") and not name.startswith(".")
     assert name.isascii() and len(name.encode()) <= 255
+    assert not name.startswith("-") and name.split(".")[0].upper() not in WINDOWS_DEVICE_NAMES
     assert name not in ORIGINALS
     assert name.rsplit(".", 1)[1] == extension
     stored = library.images_dir / name
@@ -96,5 +106,5 @@ def test_path_of_finds_files_inside_and_nothing_else(library):
 
 
 def test_many_uploads_of_one_name_never_share_a_name(library):
-    names = [library.save_upload(DATA, "../same.png", "png") for _ in range(20)]
+    names = [save_upload(library, "../same.png", "png") for _ in range(20)]
     assert len(set(names)) == 20 and all(Path(library.images_dir / n).is_file() for n in names)

@@ -14,9 +14,9 @@ no longer suits it, the next `rebuild()` retrains.
 On disk (under the engine's feature folder, `faiss/`): `ivf-<token>.faiss` (the index), `rows-<token>.npz`
 (ids, filenames and the file stamps they were computed from) and `manifest.json`, which names the current
 pair. The manifest is replaced atomically after both files are written, so a crash leaves either
-the old pair or the new pair. The saved index is a checkpoint, written by `rebuild()`; the feature store,
-saved on every change, is the source of truth, and `rebuild()` at start-up reconciles the checkpoint with
-it (drops rows whose file vanished or changed, adds what is missing) instead of rebuilding from scratch.
+the old pair or the new pair. The saved index is a checkpoint, written by `rebuild()`; the catalogue is the
+source of truth, and `rebuild()` at start-up reconciles the checkpoint with the vectors loaded from it
+(drops rows whose file vanished or changed, adds what is missing) instead of rebuilding from scratch.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import threading
 import uuid
 import zipfile
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import faiss
 import numpy as np
@@ -108,62 +108,56 @@ class FaissIndex(VectorIndex):
             clustering.train(sample, quantizer)
             index.is_trained = True
         self._index, self._ids, self._names, self._stamps, self._next_id = index, {}, {}, {}, 0
-        for names, vectors in self._store_chunks():
-            self._insert(names, vectors)
+        for snapshot in self.store.snapshots():
+            for names, vectors, stamps in snapshot.chunks(CHUNK_ROWS):
+                self._insert(names, vectors, stamps)
 
     def _training_sample(self, size: int) -> np.ndarray:
         """An evenly spread sample of store rows (the originals come first, so don't take a prefix)."""
-        rows = np.linspace(0, len(self.store) - 1, size).astype(np.int64)
+        snapshots = self.store.snapshots()
+        live = [snapshot.live_rows() for snapshot in snapshots]
+        rows = np.linspace(0, sum(map(len, live)) - 1, size).astype(np.int64)
         parts, offset = [], 0
-        for snapshot in self.store.snapshots():
-            mine = rows[(rows >= offset) & (rows < offset + len(snapshot))] - offset
-            parts.append(np.asarray(snapshot.matrix[mine], np.float32))
-            offset += len(snapshot)
+        for snapshot, snapshot_rows in zip(snapshots, live):
+            mine = rows[(rows >= offset) & (rows < offset + len(snapshot_rows))] - offset
+            parts.append(np.asarray(snapshot.matrix[snapshot_rows[mine]], np.float32))
+            offset += len(snapshot_rows)
         return np.ascontiguousarray(np.concatenate(parts))
-
-    def _store_chunks(self, wanted: set[str] | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
-        for snapshot in self.store.snapshots():
-            for start in range(0, len(snapshot), CHUNK_ROWS):
-                names = list(snapshot.names[start:start + CHUNK_ROWS])
-                rows = np.arange(start, start + len(names))
-                if wanted is not None:
-                    keep = [i for i, name in enumerate(names) if name in wanted]
-                    names, rows = [names[i] for i in keep], rows[keep]
-                if names:
-                    yield names, np.ascontiguousarray(snapshot.matrix[rows], np.float32)
 
     def _reconcile(self) -> bool:
         """Apply the difference between the loaded checkpoint and the store; True if anything changed."""
         stale = [name for name, stamp in self._stamps.items() if self.store.stamp(name) != stamp]
         self._delete(stale)
-        missing = {name for snapshot in self.store.snapshots() for name in snapshot.names if name not in self._ids}
-        for names, vectors in self._store_chunks(missing):
-            self._insert(names, vectors)
+        missing = {name for snapshot in self.store.snapshots() for name in snapshot.names
+                   if name is not None and name not in self._ids}
+        for snapshot in self.store.snapshots():
+            for names, vectors, stamps in snapshot.chunks(CHUNK_ROWS, missing):
+                self._insert(names, vectors, stamps)
         if stale or missing:
             log.info("Faiss index reconciled with the feature store: %d dropped, %d added", len(stale), len(missing))
         return bool(stale or missing)
 
     # ----- changes -----------------------------------------------------------------------------
 
-    def add(self, names: Sequence[str], vectors: np.ndarray) -> None:
+    def add(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         with self._lock:
             if self._index is None:
                 return  # not built yet: rebuild() will read these rows from the store
             self._delete([name for name in names if name in self._ids])
-            self._insert(list(names), np.ascontiguousarray(vectors, np.float32).reshape(len(names), -1))
+            self._insert(list(names), np.ascontiguousarray(vectors, np.float32).reshape(len(names), -1), stamps)
 
     def remove(self, names: Sequence[str]) -> None:
         with self._lock:
             if self._index is not None:
                 self._delete([name for name in set(names) if name in self._ids])
 
-    def _insert(self, names: list[str], vectors: np.ndarray) -> None:
+    def _insert(self, names: list[str], vectors: np.ndarray, stamps) -> None:
         ids = np.arange(self._next_id, self._next_id + len(names), dtype=np.int64)
         self._index.add_with_ids(vectors, ids)
-        for name, row_id in zip(names, ids.tolist()):
+        for name, row_id, stamp in zip(names, ids.tolist(), stamps):
             self._ids[name] = row_id
             self._names[row_id] = name
-            self._stamps[name] = self.store.stamp(name)
+            self._stamps[name] = (int(stamp[0]), int(stamp[1]))
         self._next_id += len(names)
         self._consistency_key = None
 
@@ -179,21 +173,15 @@ class FaissIndex(VectorIndex):
 
     # ----- reading -----------------------------------------------------------------------------
 
-    def search(self, queries, k, exclude=frozenset()):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+    def _nearest(self, queries, n):
         with self._lock:
-            if self._index is None or self._index.ntotal == 0:
+            if self._index is None or self._index.ntotal == 0 or n <= 0:
                 return [[] for _ in queries]
-            wanted = min(k + len(exclude), self._index.ntotal)
             params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self._index.nlist))
-            scores, ids = self._index.search(queries, wanted, params=params)
+            scores, ids = self._index.search(queries, min(n, self._index.ntotal), params=params)
             names = [[self._names.get(i) for i in row] for row in ids.tolist()]
-        results = []
-        for row_names, row_scores in zip(names, scores.tolist()):
-            hits = [(name, min(max(score, 0.0), 1.0)) for name, score in zip(row_names, row_scores)
-                    if name is not None and name not in exclude]
-            results.append(hits[:k])
-        return results
+        return [[(name, min(max(score, 0.0), 1.0)) for name, score in zip(row_names, row_scores) if name is not None]
+                for row_names, row_scores in zip(names, scores.tolist())]
 
     def count(self) -> int:
         with self._lock:
@@ -207,7 +195,7 @@ class FaissIndex(VectorIndex):
             if known is None or known[0] is not originals or known[1] is not uploads or known[2] != count:
                 # Comparing names costs O(n): done once per change of either side, not on every status call.
                 self._consistent = count == len(self.store) and all(
-                    name in self._ids for snapshot in (originals, uploads) for name in snapshot.names)
+                    name in self._ids for snapshot in (originals, uploads) for name in snapshot.names if name is not None)
                 self._consistency_key = (originals, uploads, count)
             return {"backend": self.name, "count": count, "consistent": self._consistent,
                     "lists": 0 if self._index is None else int(self._index.nlist),

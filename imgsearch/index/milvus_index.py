@@ -86,12 +86,11 @@ class MilvusIndex(VectorIndex):
             self.client.delete(self.collection, ids=stale)
         missing = 0
         for snapshot in self.store.snapshots():
-            rows = [i for i, name in enumerate(snapshot.names)
-                    if name not in indexed or indexed[name] != self.store.stamp(name)]
-            for start in range(0, len(rows), WRITE_BATCH):
-                chosen = rows[start:start + WRITE_BATCH]
-                self._upsert([snapshot.names[i] for i in chosen], snapshot.matrix[chosen])
-            missing += len(rows)
+            wanted = {name for name in snapshot.names
+                      if name is not None and (name not in indexed or indexed[name] != self.store.stamp(name))}
+            for names, vectors, stamps in snapshot.chunks(WRITE_BATCH, wanted):
+                self._upsert(names, vectors, stamps)
+            missing += len(wanted)
         if stale or missing:
             # Sealing the written segments lets Milvus index them; unsealed rows are scanned one by one.
             self.client.flush(self.collection)
@@ -133,17 +132,15 @@ class MilvusIndex(VectorIndex):
 
     # ----- changes -----------------------------------------------------------------------------
 
-    def add(self, names: Sequence[str], vectors: np.ndarray) -> None:
+    def add(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
         vectors = np.asarray(vectors, np.float32).reshape(len(names), -1)
         for start in range(0, len(names), WRITE_BATCH):
-            self._upsert(names[start:start + WRITE_BATCH], vectors[start:start + WRITE_BATCH])
+            end = start + WRITE_BATCH
+            self._upsert(names[start:end], vectors[start:end], stamps[start:end])
 
-    def _upsert(self, names: Sequence[str], vectors: np.ndarray) -> None:
-        rows = []
-        for name, vector in zip(names, vectors):
-            size, mtime_ns = self.store.stamp(name) or (-1, -1)
-            rows.append({"filename": name, "size": size, "mtime_ns": mtime_ns,
-                         "vector": np.asarray(vector, np.float32)})
+    def _upsert(self, names: Sequence[str], vectors: np.ndarray, stamps: Sequence[tuple[int, int]]) -> None:
+        rows = [{"filename": name, "size": int(size), "mtime_ns": int(mtime_ns), "vector": np.asarray(vector, np.float32)}
+                for name, vector, (size, mtime_ns) in zip(names, vectors, stamps)]
         self.client.upsert(self.collection, rows)
 
     def remove(self, names: Sequence[str]) -> None:
@@ -152,19 +149,15 @@ class MilvusIndex(VectorIndex):
 
     # ----- reading -----------------------------------------------------------------------------
 
-    def search(self, queries, k, exclude=frozenset()):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        limit = min(k + len(exclude), MAX_TOP_K)
+    def _nearest(self, queries, n):
+        limit = min(n, MAX_TOP_K)
+        if limit <= 0:
+            return [[] for _ in queries]
         found = self.client.search(
             self.collection, data=queries, limit=limit, output_fields=["filename"],
             search_params={"metric_type": "COSINE", "params": {"ef": max(HNSW_EF_SEARCH, limit)}},
             consistency_level="Strong")
-        results = []
-        for hits in found:
-            ranked = [(hit["filename"], min(max(float(hit["distance"]), 0.0), 1.0)) for hit in hits
-                      if hit["filename"] not in exclude]
-            results.append(ranked[:k])
-        return results
+        return [[(hit["filename"], min(max(float(hit["distance"]), 0.0), 1.0)) for hit in hits] for hits in found]
 
     def count(self) -> int:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"],

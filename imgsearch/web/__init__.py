@@ -3,26 +3,35 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from flask import Flask, request
 
 from ..config import PROJECT_DIR, Settings
 from ..engines import load_active_engine
-from ..imaging import configure_pillow
+from ..imaging import configure_decoding
 from ..service import ImageSearchService
 from . import api, errors, images, pages
 from .errors import ApiError
+from .hosts import HostAllowlist
 
 log = logging.getLogger(__name__)
 
-LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1")
+# Only multipart uploads carry images. A JSON or form body beyond this is no request of ours, and parsing
+# one costs several times its size in memory, even before the token is checked.
+MAX_PLAIN_BODY = 1024 * 1024
+# The UI runs only its own scripts and styles (no inline script or style attribute). Images may also be
+# data: (the favicon), blob: (the preview of a query file) or any http(s) URL (the preview of a URL query,
+# which the user typed). No site may frame the UI (clickjacking).
+CONTENT_SECURITY_POLICY = "; ".join([
+    "default-src 'self'", "script-src 'self'", "style-src 'self'", "img-src 'self' data: blob: http: https:",
+    "object-src 'none'", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'",
+])
 
 
 def create_app(settings: Settings | None = None, service: ImageSearchService | None = None) -> Flask:
     """Build the app: load the engine (once), open the feature store, register the routes."""
     settings = settings or Settings.from_env()
-    configure_pillow(settings.max_image_pixels)
+    configure_decoding(settings.max_image_pixels, settings.max_decode_bytes, settings.max_decodes)
     if service is None:
         engine = load_active_engine(settings)
         engine.warm_up()
@@ -38,24 +47,36 @@ def create_app(settings: Settings | None = None, service: ImageSearchService | N
     app.url_map.merge_slashes = False  # a doubled slash is a bad name (404), not a redirect
     app.extensions["image_search"] = service
     errors.init_app(app)
-    if settings.host in LOOPBACK_NAMES and not settings.token:
-        app.before_request(_refuse_foreign_host_names)
+    app.before_request(_cap_plain_bodies)
+    app.after_request(_security_headers)
+    if not settings.token:
+        app.before_request(_host_guard(HostAllowlist.for_settings(settings)))
     app.register_blueprint(pages.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(images.blueprint)
     return app
 
 
-def _refuse_foreign_host_names():
-    """Without a token, only requests addressed to this machine by a loopback name are served.
+def _host_guard(hosts: HostAllowlist):
+    """Without a token, only requests addressed to this server's own addresses or configured names are served.
 
-    A web page can point its own domain at 127.0.0.1 (DNS rebinding) and then use the app as if it were that
-    site, reading the gallery and deleting images; its requests still name that domain in the Host header.
+    See imgsearch/web/hosts.py for why (DNS rebinding) and how the names are found.
     """
-    try:
-        hostname = urlsplit(f"//{request.host}").hostname
-    except ValueError:
-        hostname = None
-    if hostname not in LOOPBACK_NAMES:
-        raise ApiError(403, "This server answers only requests to localhost or 127.0.0.1; "
-                            "set IMAGE_SEARCH_TOKEN to serve it under another name.")
+    def refuse_foreign_host_names():
+        if not hosts.allows(request.host):
+            raise ApiError(403, "This server answers only to its own addresses and configured names; add this "
+                                "name to IMAGE_SEARCH_ALLOWED_HOSTS, or set IMAGE_SEARCH_TOKEN.")
+
+    return refuse_foreign_host_names
+
+
+def _cap_plain_bodies():
+    if request.mimetype != "multipart/form-data":
+        request.max_content_length = MAX_PLAIN_BODY
+
+
+def _security_headers(response):
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Frame-Options", "DENY")
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    return response
