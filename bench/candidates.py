@@ -1,8 +1,9 @@
 """Extraction throughput of candidate feature configurations, end to end from JPEG files, interleaved.
 
 Each configuration is `engine[@scale,scale...][+flip]`, built through the engine registry as the app builds
-it from its settings (`efficientnet-lite1@176,240` is IMAGE_SEARCH_MODEL=efficientnet-lite1 with
-IMAGE_SEARCH_FEATURE_SCALES=176,240). Per round, every configuration runs `extraction.extract_files` (what
+it from its settings (`efficientnet-lite1@240` is IMAGE_SEARCH_MODEL=efficientnet-lite1 with
+IMAGE_SEARCH_FEATURE_SCALES=240; a name alone gets the engine's default scales, 176 and 240 px for Lite1).
+Per round, every configuration runs `extraction.extract_files` (what
 "Generate Features" runs) over the same generated photos, in turn, so load from other processes hits them
 alike; the median of the rounds is reported with each round's figure, and each rate as a share of the first
 configuration's in the same round. Decoding alone (JPEG draft decode + resize, no model) is timed too.
@@ -10,7 +11,7 @@ On a shared machine the wall-clock rates move with other processes' load, so the
 per image (all its threads) is reported beside them: it changes much less with load, and on an otherwise
 idle machine throughput is about cores ÷ CPU time per image when both cores stay busy.
 
-    .venv/bin/python -m bench.candidates efficientnet-lite0 efficientnet-lite1 efficientnet-lite1@176,240
+    .venv/bin/python -m bench.candidates efficientnet-lite0 efficientnet-lite1@240 efficientnet-lite1@176,240
 """
 from __future__ import annotations
 

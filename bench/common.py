@@ -350,9 +350,9 @@ def model_id_and_dim(model: str) -> tuple[str, int]:
     from imgsearch.config import Settings
 
     if model.startswith("efficientnet-lite"):
-        from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
+        from imgsearch.engines import build_engine
 
-        engine = EfficientNetLiteEngine(cache_dir=Settings.from_env().cache_dir, name=model)
+        engine = build_engine(model, Settings.from_env())  # with the scales the settings give it
     else:
         from imgsearch.engines.keras_cnn import KerasApplicationEngine
 

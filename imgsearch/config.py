@@ -57,15 +57,15 @@ class Settings:
     )
     feature_scales: str = _field(
         "", "IMAGE_SEARCH_FEATURE_SCALES",
-        "`efficientnet-lite*` only: comma-separated input sizes whose features are averaged, e.g. `160,224`; empty means the network's own size (224 px Lite0, 240 Lite1, 260 Lite2).",
+        "`efficientnet-lite*` only: comma-separated input sizes whose features are averaged, e.g. `160,224`; empty means each network's default: `176,240` for `efficientnet-lite1` (the measured best), its own input size for Lite0 (224) and Lite2 (260).",
     )
     flip_average: bool = _field(
         False, "IMAGE_SEARCH_FLIP_AVERAGE",
         "`efficientnet-lite*` only: `1` averages the features of each image and its mirror (twice the extraction time).",
     )
     query_expansion: int = _field(
-        0, "IMAGE_SEARCH_QUERY_EXPANSION",
-        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE), keeping the plain nearest image first; `0` is off.",
+        5, "IMAGE_SEARCH_QUERY_EXPANSION",
+        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE), keeping the plain nearest image first; results say they are re-ranked, and each still shows its own similarity to the query; `0` is off.",
     )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",

@@ -31,8 +31,9 @@ def library(tmp_path_factory, cache_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def client(library, cache_dir):
+    # Plain cosine ranking (no query expansion), so a filtered list keeps the unfiltered list's order.
     settings = Settings(data_dir=library, cache_dir=cache_dir, model="efficientnet-lite0", watch_folder=False,
-                        rescan_seconds=0)
+                        rescan_seconds=0, query_expansion=0)
     app = build_app(settings, close_after_test=False)
     client = app.test_client()
     for name, colour, seed in (("mine_red.png", "red", 1), ("mine_blue.png", "blue", 2), ("mine_green.jpg", "green", 3),

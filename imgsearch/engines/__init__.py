@@ -11,21 +11,27 @@ log = logging.getLogger(__name__)
 
 ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "mobilenetv2",
                 "color", "custom:<path>", "<engine>+<engine> (cosine engines side by side)")
-OFFLINE_ENGINE = "efficientnet-lite0"
+# The engine that stands in when ResNet50's ImageNet weights cannot be had: its weights ship in a package.
+OFFLINE_ENGINE = "efficientnet-lite1"
 EFFICIENTNET_LITE_ENGINES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+# Input sizes an engine gets while IMAGE_SEARCH_FEATURE_SCALES is empty. Lite1 at 176 and 240 px was the
+# best measured trade of retrieval, robustness and cost (BENCHMARKS.md, "Choosing the default"); the
+# others run at their network's own size.
+DEFAULT_SCALES = {"efficientnet-lite1": (176, 240)}
 MIN_SCALE, MAX_SCALE = 32, 1024
 
 _cache: dict[tuple, Engine] = {}
 _cache_lock = threading.Lock()
 
 
-def _build(name: str, settings: Settings) -> Engine:
+def build_engine(name: str, settings: Settings) -> Engine:
+    """The engine called `name` as the settings configure it, not loaded yet."""
     from .keras_cnn import NETWORKS
 
     if "+" in name:
         from .concatenated import ConcatenatedEngine
 
-        return ConcatenatedEngine([_build(part, settings) for part in name.split("+")])
+        return ConcatenatedEngine([build_engine(part, settings) for part in name.split("+")])
     if name in NETWORKS:
         from .keras_cnn import KerasApplicationEngine
 
@@ -36,8 +42,8 @@ def _build(name: str, settings: Settings) -> Engine:
         from .efficientnet_lite import EfficientNetLiteEngine
 
         return EfficientNetLiteEngine(cache_dir=settings.cache_dir, name=name, pooling=settings.feature_pooling,
-                                      scales=parse_scales(settings.feature_scales), flip=settings.flip_average,
-                                      runtime=settings.runtime)
+                                      scales=parse_scales(settings.feature_scales) or DEFAULT_SCALES.get(name, ()),
+                                      flip=settings.flip_average, runtime=settings.runtime)
     if name == "color":
         from .color import ColorHistogramEngine
 
@@ -96,7 +102,7 @@ def get_engine(name: str, settings: Settings) -> Engine:
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:
-            engine = _build(name, settings).load()
+            engine = build_engine(name, settings).load()
             _cache[key] = engine
     return engine
 
