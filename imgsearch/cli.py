@@ -236,6 +236,7 @@ def run_search(args: argparse.Namespace) -> int:
             hits = searcher.by_vector(space, vector, args.k, exclude, searcher.allowed(args.filters, words))
     except RequestError as exc:
         raise CommandError(exc.message) from None
+    reranked = vector is not None and bool(settings.query_expansion) and engine.metric == "cosine"
     if args.json:
         print(json.dumps({
             "query": None if args.query is None else str(args.query), "folder": str(folder),
@@ -245,12 +246,16 @@ def run_search(args: argparse.Namespace) -> int:
                                                    for term in words.terms],
             "results": [{"rank": rank, "score": round(score, 6), "name": name, "path": str(folder / name)}
                         for rank, (name, score) in enumerate(hits, 1)],
+            "reranked": reranked,
         }, indent=2))
     else:
         if words is not None:
             print("words: " + "; ".join(f"{term.text} = {', '.join(c.name for c in term.concepts)}"
                                         for term in words.terms)
                   + (f" (not known: {', '.join(words.unmatched)})" if words.unmatched else ""))
+        if reranked:
+            print(f"ordered by query expansion (IMAGE_SEARCH_QUERY_EXPANSION={settings.query_expansion}); each score "
+                  "is the image's own similarity to the query")
         print(f"{'rank':>4}  {'score':<6}  path")
         for rank, (name, score) in enumerate(hits, 1):
             print(f"{rank:>4}  {score:.4f}  {folder / name}")

@@ -264,6 +264,7 @@ def test_the_command_line_searches_by_words_region_and_feedback(tmp_path, capsys
     code, out, _ = imgsearch("search", tmp_path / "pair.jpg", "--folder", folder, "--engine", "efficientnet-lite0",
                              "--box", "0.5,0,0.5,1", "-k", "1")
     assert code == 0 and out.splitlines()[-1].endswith("ladybird_on_a_stem.jpg")
+    assert out.startswith("ordered by query expansion (IMAGE_SEARCH_QUERY_EXPANSION=5)")  # the default says so
 
     code, out, _ = imgsearch("search", "--folder", folder, "--engine", "efficientnet-lite0",
                              "--like", "mountains_aitzgorri.jpg", "-k", "1")
