@@ -391,43 +391,78 @@ def run_train(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     dataset = existing_folder(args.dataset)
     options = training.TrainingOptions(holdout=args.holdout, validation=args.validation,
-                                       embedding_dim=args.embedding_dim, max_epochs=args.epochs, seed=args.seed)
+                                       embedding_dim=args.embedding_dim, max_epochs=args.epochs, seed=args.seed,
+                                       fine_tune=args.fine_tune)
+    bars = TrainingBars()
     try:
         training.check_output(Path(args.out), args.overwrite)
         base = training.base_engine(args.base, settings)
-        with tqdm(unit="img", desc=f"{base.name} features", file=sys.stderr, dynamic_ncols=True) as bar:
-            data = training.labelled_features(dataset, base, Path(args.cache), settings.batch_size,
-                                              bar_progress(bar, list_skipped=False))
+        data = training.labelled_features(dataset, base, Path(args.cache), settings.batch_size,
+                                          bars.images(f"{base.name} features"))
+        bars.close()
         for name, reason in data.skipped:
             print(f"skipped {name}: {reason}", file=sys.stderr)
-        with tqdm(total=options.max_epochs, unit="epoch", desc="training", file=sys.stderr,
-                  dynamic_ncols=True) as bar:
-            def progress(epoch: int, figures: dict) -> None:
-                bar.set_postfix({name: f"{value:.3f}" for name, value in figures.items()
-                                 if name in ("loss", "val_loss", "val_accuracy")}, refresh=False)
-                bar.update(epoch - bar.n)
-
-            report = training.train(data, Path(args.out), base, options, overwrite=args.overwrite,
-                                    progress=progress, say=bar.write)
+        report = training.train(data, Path(args.out), base, options, overwrite=args.overwrite,
+                                batch_size=settings.batch_size, progress=bars)
     except (ValueError, WeightsUnavailable) as exc:  # TrainingError among them
         raise CommandError(str(exc)) from None
+    finally:
+        bars.close()
     print_training_report(report, base, Path(args.out))
     return 0
+
+
+class TrainingBars:
+    """A training run's progress on stderr: one bar per stage, the previous one closed when the next begins."""
+
+    def __init__(self):
+        self.bar: tqdm | None = None
+
+    def _start(self, **options) -> tqdm:
+        self.close()
+        self.bar = tqdm(file=sys.stderr, dynamic_ncols=True, **options)
+        return self.bar
+
+    def images(self, stage: str) -> SyncProgress:
+        # Skipped images are listed after the bar: a missing one never reaches it.
+        return bar_progress(self._start(desc=stage, unit="img"), list_skipped=False)
+
+    def epochs(self, stage: str, most: int):
+        bar = self._start(desc=stage, unit="epoch", total=most)
+
+        def progress(epoch: int, figures: dict) -> None:
+            bar.set_postfix({name: f"{value:.3f}" for name, value in figures.items()
+                             if name in ("loss", "val_loss", "val_accuracy")}, refresh=False)
+            bar.update(epoch - bar.n)
+
+        return progress
+
+    def say(self, text: str) -> None:
+        tqdm.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def print_training_report(report: dict, base: Engine, out: Path) -> None:
     def share(value: float | None) -> str:
         return "-" if value is None else f"{value:.3f}"
 
-    print(f"stopped after {report['epochs']} epochs; kept epoch {report['best_epoch']}")
-    print(f"validation accuracy: {share(report['validation_accuracy'])} ({report['validation']} images)")
-    print(f"held-out accuracy:   {share(report['held_out_accuracy'])} ({report['held_out']} images)")
+    for stage, figures in report["stages"].items():
+        print(f"{stage}: stopped after {figures['epochs']} epochs, kept epoch {figures['best_epoch']}; "
+              f"validation accuracy {share(figures['validation_accuracy'])} ({report['validation']} images), "
+              f"held-out accuracy {share(figures['held_out_accuracy'])} ({report['held_out']} images)")
     retrieval = report["retrieval"]
     if retrieval:
         print(f"retrieval on the held-out images (leave-one-out, cosine, {retrieval['queries']} queries):")
-        print(f"  {'features':<40} {'P@10':>6} {'mAP':>6}")
-        for key, title in (("base", f"{base.model_id} (base)"), ("trained", "trained embedding")):
-            print(f"  {title:<40} {retrieval[key]['P@10']:>6.3f} {retrieval[key]['mAP']:>6.3f}")
+        print(f"  {'features':<42} {'P@10':>6} {'mAP':>6}")
+        titles = {"base": f"{base.model_id} (base)", "head": "trained embedding",
+                  "fine-tuned": "trained embedding, top blocks fine-tuned"}
+        for key, title in titles.items():
+            if key in retrieval:
+                print(f"  {title:<42} {retrieval[key]['P@10']:>6.3f} {retrieval[key]['mAP']:>6.3f}")
     elif report["held_out"]:
         print("no class has two held-out images, so there is no retrieval comparison")
     print(f"wrote {out} ({report['classes']} classes); search with it: IMAGE_SEARCH_MODEL=custom:{out}")
@@ -591,6 +626,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--embedding-dim", type=positive_int, default=256, metavar="D",
                        help="size of the embedding, the search vector (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default: 0)")
+    train.add_argument("--fine-tune", type=non_negative_int, default=0, metavar="N",
+                       help="after the head, also train the top N blocks of the base network (0-16), on their "
+                            "cached input; slower, better on the trained classes, worse on others (default: 0)")
     train.add_argument("--batch-size", type=positive_int, metavar="N",
                        help="images per model call when extracting features")
     train.add_argument("--cache", default=str(FEATURE_CACHE), metavar="DIR",

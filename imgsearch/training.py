@@ -27,7 +27,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
@@ -36,6 +36,7 @@ from .engines import get_engine
 from .engines.base import Engine
 from .engines.custom import CENTRE_CROP, MODEL_INFO
 from .evaluate import dataset_features, leave_one_out_metrics, read_labelled_folder
+from .extraction import extract_files
 from .persist import atomic_write_bytes
 from .sync import SyncProgress
 
@@ -45,6 +46,7 @@ CLASSES_LAYER = "classes"
 DROPOUT = 0.5
 LABEL_SMOOTHING = 0.1
 LEARNING_RATE = 1e-3
+FINE_TUNE_LEARNING_RATE = 1e-4
 # A smaller fall of the watched loss does not count as an improvement: without it, the loss of well-separated
 # classes kept creeping down by 1e-4 an epoch until the last epoch.
 MIN_IMPROVEMENT = 1e-3
@@ -69,6 +71,7 @@ class TrainingOptions:
     patience: int = 10          # epochs without a better validation loss before stopping
     batch_size: int = 32
     seed: int = 0
+    fine_tune: int = 0          # top blocks of the base network trained after the head (0: the network stays frozen)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +148,17 @@ def train_head(features: np.ndarray, targets: np.ndarray, class_count: int, spli
     keras.utils.set_random_seed(options.seed)
     inputs = keras.Input((features.shape[1],), name="base_features")
     head = keras.Model(inputs, head_layers(inputs, class_count, options.embedding_dim), name="head")
-    head.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE),
-                 loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING), metrics=["accuracy"])
-    one_hot = keras.utils.to_categorical(targets, class_count)
+    return _fit(head, features, targets, split, options, LEARNING_RATE, progress)
+
+
+def _fit(model, inputs: np.ndarray, targets: np.ndarray, split: Split, options: TrainingOptions,
+         learning_rate: float, progress: EpochProgress | None) -> TrainedHead:
+    """Adam with label smoothing until the validation loss (else the training loss) stops improving."""
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=LABEL_SMOOTHING), metrics=["accuracy"])
+    one_hot = keras.utils.to_categorical(targets, model.output_shape[-1])
     validate = len(split.validation) > 0
     watched = "val_loss" if validate else "loss"
     stopper = keras.callbacks.EarlyStopping(monitor=watched, patience=options.patience, min_delta=MIN_IMPROVEMENT,
@@ -156,13 +167,13 @@ def train_head(features: np.ndarray, targets: np.ndarray, class_count: int, spli
     if progress:
         callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress(epoch + 1, logs)))
     began = time.perf_counter()
-    history = head.fit(features[split.fit], one_hot[split.fit], batch_size=options.batch_size,
-                       epochs=options.max_epochs, verbose=0, callbacks=callbacks,
-                       validation_data=(features[split.validation], one_hot[split.validation]) if validate else None)
+    history = model.fit(inputs[split.fit], one_hot[split.fit], batch_size=options.batch_size,
+                        epochs=options.max_epochs, verbose=0, callbacks=callbacks,
+                        validation_data=(inputs[split.validation], one_hot[split.validation]) if validate else None)
     seconds = time.perf_counter() - began
     best = stopper.best_epoch  # 0-based; its weights are the ones kept
     accuracy = float(history.history["val_accuracy"][best]) if validate else None
-    return TrainedHead(head, len(history.history[watched]), best + 1, accuracy, seconds)
+    return TrainedHead(model, len(history.history[watched]), best + 1, accuracy, seconds)
 
 
 def head_layers(features, class_count: int, embedding_dim: int):
@@ -174,13 +185,14 @@ def head_layers(features, class_count: int, embedding_dim: int):
     return keras.layers.Dense(class_count, activation="softmax", name=CLASSES_LAYER)(x)
 
 
-def retrieval_comparison(base_vectors: np.ndarray, embedded: np.ndarray, labels: Sequence[str]) -> dict | None:
-    """Leave-one-out P@10 and mAP by cosine, with the base features and with the embedding of the same images;
-    None when no class has two of them."""
+def retrieval_comparison(base_vectors: np.ndarray, embedded: dict[str, np.ndarray],
+                         labels: Sequence[str]) -> dict | None:
+    """Leave-one-out P@10 and mAP by cosine of the same images, with the base features (`base`) and with each
+    embedding in `embedded`; None when no class has two of these images."""
     if max(collections.Counter(labels).values(), default=0) < 2:
         return None
     comparison = {}
-    for name, vectors in (("base", base_vectors), ("trained", embedded)):
+    for name, vectors in {"base": base_vectors, **embedded}.items():
         figures = leave_one_out_metrics(vectors, labels, ks=(10,), metric="cosine")
         comparison[name] = {"P@10": figures["P@10"], "mAP": figures["mAP"]}
     comparison["queries"] = figures["queries"]
@@ -190,12 +202,18 @@ def retrieval_comparison(base_vectors: np.ndarray, embedded: np.ndarray, labels:
 # ----- the saved model -------------------------------------------------------------------------
 
 
-def build_model(base: Engine, head: TrainedHead):
-    """Raw 0-255 RGB pixels -> class probabilities: the base network, its features L2-normalised, the head."""
+def build_model(base: Engine, head: TrainedHead, backbone):
+    """Raw 0-255 RGB pixels -> class probabilities: `backbone` behind the base engine's input normalisation, its
+    features L2-normalised, then the head's layers with the head's weights."""
     import keras
 
+    from .engines.efficientnet_lite import INPUT_TRANSFORM
+
     pixels = keras.Input((base.input_size, base.input_size, 3), name="pixels")
-    features = keras.layers.UnitNormalization(name="base_features")(_efficientnet_lite0(base, pixels))
+    mean, = set(INPUT_TRANSFORM.mean)  # the same for every channel
+    normalised = keras.layers.Rescaling(INPUT_TRANSFORM.scale, offset=-mean * INPUT_TRANSFORM.scale,
+                                        name="normalise")(pixels)
+    features = keras.layers.UnitNormalization(name="base_features")(backbone(normalised))
     outputs = head_layers(features, head.model.get_layer(CLASSES_LAYER).units,
                           head.model.get_layer(EMBEDDING_LAYER).units)
     model = keras.Model(pixels, outputs, name="trained_classifier")
@@ -204,18 +222,93 @@ def build_model(base: Engine, head: TrainedHead):
     return model
 
 
-def _efficientnet_lite0(engine: Engine, pixels):
-    """EfficientNet-Lite0's pooled features of 0-255 pixels, with its (x - 127) / 128 as a Rescaling layer."""
+def base_backbone(base: Engine):
+    """The base engine's network as Keras layers with its weights: (x - 127) / 128 images -> pooled features."""
+    from .engines.efficientnet_lite import assign_weights, build_backbone
+
+    backbone = build_backbone(base.input_size)
+    assign_weights(backbone, base._converted_weights())
+    return backbone
+
+
+# ----- fine-tuning the top blocks ------------------------------------------------------------------
+
+
+def block_count() -> int:
+    from .engines.efficientnet_lite import block_specs
+
+    return len(block_specs())
+
+
+def _first_tuned(backbone, blocks: int):
+    """The tensor the top `blocks` blocks start from: the input of the first one's first layer."""
+    first = block_count() - blocks
+    return next(layer for layer in backbone.layers if layer.name.startswith(f"block{first}_")).input
+
+
+def block_activations(base: Engine, backbone, blocks: int, dataset: Path, names: Sequence[str], batch_size: int,
+                      progress: SyncProgress | None = None) -> np.ndarray:
+    """(n, h, w, c) float32: what the frozen part of `backbone` gives each image, where the top `blocks` begin.
+
+    The images go through the same batched extraction as the features, prepared as the base engine prepares them.
+    """
     import keras
 
-    from .engines.efficientnet_lite import INPUT_TRANSFORM, assign_weights, build_backbone
+    lower = keras.Model(backbone.inputs, _first_tuned(backbone, blocks), name="frozen_blocks")
+    engine = _Activations(base, lower)
+    rows = []
+    done = 0
+    for batch in extract_files(engine, names, lambda name: Path(dataset) / name, batch_size):
+        if batch.failures:
+            name, reason = batch.failures[0]
+            raise TrainingError(f"{name} could no longer be read: {reason}")
+        rows.append(batch.vectors)
+        done += len(batch.names)
+        if progress:
+            progress(done, len(names), None, None)
+    return np.concatenate(rows).reshape((len(names), *lower.output.shape[1:]))
 
-    backbone = build_backbone(engine.input_size)
-    assign_weights(backbone, engine._converted_weights())
-    mean, = set(INPUT_TRANSFORM.mean)  # the same for every channel
-    normalised = keras.layers.Rescaling(INPUT_TRANSFORM.scale, offset=-mean * INPUT_TRANSFORM.scale,
-                                        name="normalise")(pixels)
-    return backbone(normalised)
+
+class _Activations(Engine):
+    """The frozen lower blocks of a backbone as an engine, so the batched extraction can run them."""
+
+    name = "frozen-blocks"
+    metric = "euclidean"  # raw activations: extract L2-normalises only cosine vectors
+
+    def __init__(self, base: Engine, lower):
+        super().__init__()
+        self.input_size = base.input_size
+        self.dim = int(np.prod(lower.output.shape[1:]))
+        self.prepare = base.prepare
+        self._lower = lower
+
+    def _load(self) -> None:
+        pass
+
+    def _extract(self, batch: np.ndarray) -> np.ndarray:
+        from .engines.efficientnet_lite import INPUT_TRANSFORM
+
+        return self._lower.predict(INPUT_TRANSFORM.apply(batch), verbose=0)
+
+
+def fine_tune(backbone, blocks: int, activations: np.ndarray, targets: np.ndarray, split: Split,
+              head: TrainedHead, options: TrainingOptions = TrainingOptions(),
+              progress: EpochProgress | None = None) -> TrainedHead:
+    """Train the top `blocks` blocks of `backbone` (in place; batch norms stay as they are) together with a copy of
+    the trained head, on `activations` where those blocks begin, at a tenth of the head's learning rate."""
+    import keras
+
+    upper = keras.Model(_first_tuned(backbone, blocks), backbone.output, name="tuned_blocks")
+    for layer in upper.layers:
+        # Batch statistics of a few hundred images would move the normalisation the rest was trained with.
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
+    inputs = keras.Input(activations.shape[1:], name="activations")
+    features = keras.layers.UnitNormalization(name="base_features")(upper(inputs, training=False))
+    model = keras.Model(inputs, head_layers(features, head.model.get_layer(CLASSES_LAYER).units,
+                                            head.model.get_layer(EMBEDDING_LAYER).units), name="fine_tuned")
+    for layer in (EMBEDDING_LAYER, CLASSES_LAYER):
+        model.get_layer(layer).set_weights(head.model.get_layer(layer).get_weights())
+    return _fit(model, activations, targets, split, options, FINE_TUNE_LEARNING_RATE, progress)
 
 
 def save_model(model, path: Path, info: dict) -> None:
@@ -243,11 +336,35 @@ class LabelledFeatures:
     """The readable images of a labelled folder with the base engine's (L2-normalised) vectors."""
 
     dataset: Path
+    names: list[str]                # relative to `dataset`, in row order
     labels: np.ndarray
     vectors: np.ndarray
     skipped: list[tuple[str, str]]  # (name, reason) of images that could not be read
     seconds: float                  # extraction time of this call (near 0 when everything was cached)
     extraction: dict                # the cached catalogue's record of the run that computed the vectors
+
+
+class Progress(Protocol):
+    """How a run shows what it is doing: bars for its stages, and lines of text."""
+
+    def images(self, stage: str) -> SyncProgress: ...
+
+    def epochs(self, stage: str, most: int) -> EpochProgress: ...
+
+    def say(self, text: str) -> None: ...
+
+
+class Quiet:
+    """Progress that shows nothing."""
+
+    def images(self, stage: str) -> SyncProgress:
+        return lambda done, total, name, reason: None
+
+    def epochs(self, stage: str, most: int) -> EpochProgress:
+        return lambda epoch, figures: None
+
+    def say(self, text: str) -> None:
+        pass
 
 
 def base_engine(name: str, settings: Settings) -> Engine:
@@ -270,35 +387,55 @@ def labelled_features(dataset: Path, base: Engine, cache_dir: Path | None, batch
     vectors, extraction = dataset_features(base, dataset, paths, cache_dir, batch_size, progress=progress,
                                            skip_unreadable=True)
     skipped = {name for name, _ in extraction["skipped"]}
-    kept = [label for path, label in zip(paths, labels) if Path(path).relative_to(dataset).as_posix() not in skipped]
-    return LabelledFeatures(dataset, np.asarray(kept), vectors, extraction["skipped"], time.perf_counter() - began,
-                            extraction)
+    rows = [(name, label) for name, label in zip((Path(p).relative_to(dataset).as_posix() for p in paths), labels)
+            if name not in skipped]
+    return LabelledFeatures(dataset, [name for name, _ in rows], np.asarray([label for _, label in rows]), vectors,
+                            extraction["skipped"], time.perf_counter() - began, extraction)
 
 
 def train(data: LabelledFeatures, out: Path, base: Engine, options: TrainingOptions = TrainingOptions(), *,
-          overwrite: bool = False, progress: EpochProgress | None = None,
-          say: Callable[[str], None] = print) -> dict:
-    """Split, train, compare on the held-out images, and save the model to `out`; returns what was measured."""
+          overwrite: bool = False, batch_size: int = 32, progress: Progress = Quiet()) -> dict:
+    """Split, train (and fine-tune), compare on the held-out images, and save the model to `out`.
+
+    Returns what was measured, which the model also records.
+    """
     check_output(out, overwrite)
+    if not 0 <= options.fine_tune <= block_count():
+        raise TrainingError(f"{base.name} has {block_count()} blocks to fine-tune, not {options.fine_tune}")
     classes = check_classes(data.labels.tolist())
     targets = np.searchsorted(classes, data.labels)
     split = split_classes(data.labels, options.holdout, options.validation, options.seed)
-    say(f"training a {options.embedding_dim}-d embedding on {base.model_id} features: {len(split.fit)} images of "
-        f"{len(classes)} classes to fit on, {len(split.validation)} for validation, {len(split.held_out)} held out")
-    head = train_head(data.vectors, targets, len(classes), split, options, progress)
+    progress.say(f"training a {options.embedding_dim}-d embedding on {base.model_id} features: {len(split.fit)} "
+                 f"images of {len(classes)} classes to fit on, {len(split.validation)} for validation, "
+                 f"{len(split.held_out)} held out")
+    head = train_head(data.vectors, targets, len(classes), split, options,
+                      progress.epochs("training the head", options.max_epochs))
+    backbone = base_backbone(base)
+    stages = {"head": (head, data.vectors)}
+    if options.fine_tune:
+        activations = block_activations(base, backbone, options.fine_tune, data.dataset, data.names, batch_size,
+                                        progress.images(f"blocks below the top {options.fine_tune}"))
+        tuned = fine_tune(backbone, options.fine_tune, activations, targets, split, head, options,
+                          progress.epochs(f"fine-tuning the top {options.fine_tune} blocks", options.max_epochs))
+        stages["fine-tuned"] = (tuned, activations)
     held = split.held_out
+    final, inputs = list(stages.values())[-1]
     report = {
         "dataset": data.dataset.name, "images": len(data.labels), "classes": len(classes),
         "skipped": len(data.skipped), "fit": len(split.fit), "validation": len(split.validation),
-        "held_out": len(held), "epochs": head.epochs, "best_epoch": head.best_epoch,
-        "validation_accuracy": head.validation_accuracy,
-        "held_out_accuracy": head.accuracy(data.vectors[held], targets[held]) if len(held) else None,
-        "retrieval": retrieval_comparison(data.vectors[held], head.embed(data.vectors[held]),
+        "held_out": len(held),
+        "stages": {stage: {"epochs": trained.epochs, "best_epoch": trained.best_epoch,
+                           "validation_accuracy": trained.validation_accuracy,
+                           "held_out_accuracy": trained.accuracy(stage_inputs[held], targets[held]) if len(held)
+                           else None, "seconds": round(trained.seconds, 1)}
+                   for stage, (trained, stage_inputs) in stages.items()},
+        "retrieval": retrieval_comparison(data.vectors[held], {stage: trained.embed(stage_inputs[held])
+                                                               for stage, (trained, stage_inputs) in stages.items()},
                                           data.labels[held].tolist()) if len(held) else None,
-        "seconds": {"features": round(data.seconds, 1), "head": round(head.seconds, 1)},
+        "feature_seconds": round(data.seconds, 1),
         "options": dataclasses.asdict(options),
     }
-    model = build_model(base, head)
+    model = build_model(base, final, backbone)
     check_output(out, overwrite)
     save_model(model, out, model_info(classes, base, report))
     return report

@@ -78,8 +78,7 @@ def test_training_reports_accuracy_and_the_held_out_comparison(trained):
     assert code == 0, err
     assert "skipped red_discs/broken.jpg:" in err
     assert "18 images of 3 classes to fit on, 3 for validation, 9 held out" in out
-    assert "validation accuracy: 1.000" in out
-    assert "held-out accuracy:   1.000 (9 images)" in out
+    assert "validation accuracy 1.000 (3 images), held-out accuracy 1.000 (9 images)" in out
     base_row = next(line for line in out.splitlines() if "(base)" in line)
     trained_row = next(line for line in out.splitlines() if "trained embedding" in line)
     assert base_row.split()[0] == "efficientnet-lite0-imagenet-cosine"
@@ -95,6 +94,7 @@ def test_the_model_records_its_classes_and_how_images_are_prepared(trained):
     assert info["classes"] == sorted(CLASSES)
     assert (info["base"], info["prepare"], info["feature_layer"]) == ("efficientnet-lite0", "centre-crop", "embedding")
     assert info["training"]["images"] == 3 * PER_CLASS and info["training"]["skipped"] == 1
+    assert list(info["training"]["stages"]) == ["head"]
 
 
 def test_served_vectors_are_the_trained_embedding_of_the_base_features(trained, cache_dir):
@@ -130,6 +130,33 @@ def test_retraining_the_same_file_makes_a_new_feature_space(trained, dataset, fe
                                "--epochs", "2")
     assert code == 0, err
     assert CustomKerasEngine(str(retrained)).model_id != before
+
+
+def test_fine_tuning_trains_the_top_blocks_only(dataset, features_cache, cache_dir, tmp_path):
+    import keras
+
+    from imgsearch.training import base_backbone
+
+    model = tmp_path / "tuned.keras"
+    with cache_env(cache_dir):
+        code, out, err = train(dataset, "--out", model, "--cache", features_cache, "--fine-tune", "2",
+                               "--epochs", "3")
+    assert code == 0, err
+    assert "fine-tuned: stopped after 3 epochs" in out and "top blocks fine-tuned" in out
+    assert list(read_model_info(model)["training"]["stages"]) == ["head", "fine-tuned"]
+    tuned = keras.models.load_model(model, compile=False).get_layer("efficientnet_lite0")
+    original = base_backbone(EfficientNetLite0Engine(cache_dir=cache_dir))
+    changed = {layer.name for layer in original.layers if layer.weights and not all(
+        np.array_equal(a, b) for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights()))}
+    assert {"block14_project_conv", "block15_expand_conv", "head_conv"} <= changed
+    assert all(name.startswith(("block14_", "block15_", "head_")) and not name.endswith("_bn") for name in changed)
+    assert CustomKerasEngine(str(model), cache_dir=cache_dir).load().runtime == "onnxruntime"
+
+
+def test_fine_tuning_more_blocks_than_the_network_has_is_refused(dataset, features_cache, cache_dir, tmp_path):
+    with cache_env(cache_dir):
+        code, _, err = train(dataset, "--out", tmp_path / "m.keras", "--cache", features_cache, "--fine-tune", "17")
+    assert code == 2 and "has 16 blocks to fine-tune, not 17" in err
 
 
 # ----- serving it --------------------------------------------------------------------------------
