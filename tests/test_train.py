@@ -132,6 +132,7 @@ def test_retraining_the_same_file_makes_a_new_feature_space(trained, dataset, fe
     assert CustomKerasEngine(str(retrained)).model_id != before
 
 
+@pytest.mark.slow
 def test_fine_tuning_trains_the_top_blocks_only(dataset, features_cache, cache_dir, tmp_path):
     import keras
 
@@ -175,6 +176,7 @@ def server(trained, cache_dir, tmp_path_factory):
     server.stop()
 
 
+@pytest.mark.slow
 def test_status_names_the_model_and_its_classes(server):
     status = requests.get(server.url + "/api/status", timeout=10).json()
     assert (status["model"], status["model_file"], status["dimension"]) == ("custom", "shapes.keras", 256)
@@ -182,6 +184,7 @@ def test_status_names_the_model_and_its_classes(server):
     assert status["runtime"] == "onnxruntime" and status["indexed"] == 9
 
 
+@pytest.mark.slow
 def test_search_with_the_trained_model_finds_the_same_class(server):
     query = make_image("blue", size=SIZE, shape="rectangle", seed=77)
     response = requests.post(server.url + "/api/search", files={"file": ("q.png", query)}, data={"k": "3"},
@@ -190,6 +193,7 @@ def test_search_with_the_trained_model_finds_the_same_class(server):
     assert [hit["filename"].rsplit("_", 1)[0] for hit in response.json()["results"]] == ["blue_boxes"] * 3
 
 
+@pytest.mark.slow
 def test_the_status_line_names_the_model_and_its_classes(server, browser):
     expect = pytest.importorskip("playwright.sync_api").expect
     page = browser.new_page()
