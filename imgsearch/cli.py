@@ -35,12 +35,14 @@ from .query import MEDIA_TYPES, Box, Filters, rocchio
 from .retrieval import PostProcessing
 from .search import Searcher
 from .space import FeatureSpace
-from .sync import FileSource, FolderSource, Shard, SyncReport, reconcile, sync
+from .sync import FileSource, FolderSource, Shard, SyncProgress, SyncReport, reconcile, sync
 from .vocabulary import load as load_vocabulary
 
 STORE_DIR_NAME = ".imgsearch"
 CATALOGUE_FILE = "catalogue.db"
 EXIT_USAGE = 2
+# Where evaluate and train keep the features they extract from labelled folders.
+FEATURE_CACHE = Path(tempfile.gettempdir()) / "imgsearch-eval-cache"
 EXIT_INTERRUPTED = 130
 
 
@@ -97,14 +99,20 @@ def sync_with_progress(catalogue: Catalogue, spaces: list[FeatureSpace], source:
                        only=None) -> SyncReport:
     """The sync loop with a progress bar on stderr; skipped files are listed as they happen."""
     with tqdm(unit="img", desc=spaces[0].engine.name, file=sys.stderr, dynamic_ncols=True) as bar:
-        def progress(done: int, total: int, name: str | None, reason: str | None) -> None:
-            if name:
-                bar.write(f"skipped {name}: {reason}", file=sys.stderr)
-            bar.total = total
-            bar.update(done - bar.n)
-
         return sync(catalogue, spaces, source, batch_size=settings.batch_size, workers=settings.decode_workers,
-                    max_pixels=settings.max_image_pixels, progress=progress, only=only, retry_unreadable=True)
+                    max_pixels=settings.max_image_pixels, progress=bar_progress(bar), only=only,
+                    retry_unreadable=True)
+
+
+def bar_progress(bar: tqdm, list_skipped: bool = True) -> SyncProgress:
+    """The sync loop's progress shown on `bar`; skipped files are written above it unless `list_skipped` is off."""
+    def progress(done: int, total: int, name: str | None, reason: str | None) -> None:
+        if name and list_skipped:
+            bar.write(f"skipped {name}: {reason}", file=sys.stderr)
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress
 
 
 def print_summary(report: SyncReport, space: FeatureSpace, where: str) -> None:
@@ -112,6 +120,13 @@ def print_summary(report: SyncReport, space: FeatureSpace, where: str) -> None:
     print(f"{report.examined} files: {report.computed} computed, {report.unchanged} unchanged, "
           f"{skipped} skipped{' (listed above)' if skipped else ''}, {report.dropped} dropped")
     print(f"{where}: {len(space.store)} images, {space.model_id}")
+
+
+def share_below_one(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {value}")
+    return value
 
 
 def positive_int(text: str) -> int:
@@ -376,6 +391,89 @@ def run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_train(args: argparse.Namespace) -> int:
+    from . import training  # loads TensorFlow, which no other command needs
+
+    settings = load_settings(args)
+    dataset = existing_folder(args.dataset)
+    options = training.TrainingOptions(holdout=args.holdout, validation=args.validation,
+                                       embedding_dim=args.embedding_dim, max_epochs=args.epochs, seed=args.seed,
+                                       fine_tune=args.fine_tune)
+    bars = TrainingBars()
+    try:
+        training.check_output(Path(args.out), args.overwrite)
+        base = training.base_engine(args.base, settings)
+        data = training.labelled_features(dataset, base, Path(args.cache), settings.batch_size,
+                                          bars.images(f"{base.name} features"))
+        bars.close()
+        for name, reason in data.skipped:
+            print(f"skipped {name}: {reason}", file=sys.stderr)
+        report = training.train(data, Path(args.out), base, options, overwrite=args.overwrite,
+                                batch_size=settings.batch_size, progress=bars)
+    except (ValueError, WeightsUnavailable) as exc:  # TrainingError among them
+        raise CommandError(str(exc)) from None
+    finally:
+        bars.close()
+    print_training_report(report, base, Path(args.out))
+    return 0
+
+
+class TrainingBars:
+    """A training run's progress on stderr: one bar per stage, the previous one closed when the next begins."""
+
+    def __init__(self):
+        self.bar: tqdm | None = None
+
+    def _start(self, **options) -> tqdm:
+        self.close()
+        self.bar = tqdm(file=sys.stderr, dynamic_ncols=True, **options)
+        return self.bar
+
+    def images(self, stage: str) -> SyncProgress:
+        # Skipped images are listed after the bar: a missing one never reaches it.
+        return bar_progress(self._start(desc=stage, unit="img"), list_skipped=False)
+
+    def epochs(self, stage: str, most: int):
+        bar = self._start(desc=stage, unit="epoch", total=most)
+
+        def progress(epoch: int, figures: dict) -> None:
+            bar.set_postfix({name: f"{value:.3f}" for name, value in figures.items()
+                             if name in ("loss", "val_loss", "val_accuracy")}, refresh=False)
+            bar.update(epoch - bar.n)
+
+        return progress
+
+    def say(self, text: str) -> None:
+        tqdm.write(text)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def print_training_report(report: dict, base: Engine, out: Path) -> None:
+    def share(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    for stage, figures in report["stages"].items():
+        print(f"{stage}: stopped after {figures['epochs']} epochs, kept epoch {figures['best_epoch']}; "
+              f"validation accuracy {share(figures['validation_accuracy'])} ({report['validation']} images), "
+              f"held-out accuracy {share(figures['held_out_accuracy'])} ({report['held_out']} images)")
+    retrieval = report["retrieval"]
+    if retrieval:
+        print(f"retrieval on the held-out images (leave-one-out, cosine, {retrieval['queries']} queries):")
+        print(f"  {'features':<42} {'P@10':>6} {'mAP':>6}")
+        titles = {"base": f"{base.model_id} (base)", "head": "trained embedding",
+                  "fine-tuned": "trained embedding, top blocks fine-tuned"}
+        for key, title in titles.items():
+            if key in retrieval:
+                print(f"  {title:<42} {retrieval[key]['P@10']:>6.3f} {retrieval[key]['mAP']:>6.3f}")
+    elif report["held_out"]:
+        print("no class has two held-out images, so there is no retrieval comparison")
+    print(f"wrote {out} ({report['classes']} classes); search with it: IMAGE_SEARCH_MODEL=custom:{out}")
+
+
 # ----- parser ----------------------------------------------------------------------------------
 
 
@@ -494,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--per-class", type=non_negative_int, default=0, metavar="N",
                             help="evaluate a small library instead: a seeded draw of N images per class "
                                  "(about 10 is a personal library); 0 uses every image (default: %(default)s)")
-    evaluation.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "imgsearch-eval-cache"),
+    evaluation.add_argument("--cache", default=str(FEATURE_CACHE),
                             metavar="DIR", help="where extracted features are kept between runs (default: %(default)s)")
     evaluation.add_argument("--no-cache", action="store_true", help="extract everything afresh and keep nothing")
     post = evaluation.add_argument_group("post-processing (cosine engines only; see imgsearch/retrieval.py)")
@@ -513,6 +611,41 @@ def build_parser() -> argparse.ArgumentParser:
     post.add_argument("--keep-nearest", action="store_true",
                       help="keep the plain-cosine nearest image first, as the app's query expansion does")
     evaluation.set_defaults(run=run_evaluate)
+
+    train = commands.add_parser(
+        "train", help="train your own model on labelled image folders, for searching with custom:<path>",
+        description="Train a classifier on a labelled folder (one subfolder per class, or labels.csv with "
+                    "filename,label) and save it as a Keras model whose last hidden layer the custom:<path> "
+                    "engine searches with. The base engine's features are extracted once (cached in --cache) "
+                    "and stay frozen; a small head (an embedding layer, then softmax) learns the classes, "
+                    "stopping early on a validation split. Prints validation accuracy and, on held-out images, "
+                    "retrieval with the base features against the trained embedding. Unreadable images are "
+                    "skipped and listed.")
+    train.add_argument("dataset", metavar="DATASET")
+    train.add_argument("--out", required=True, metavar="MODEL.keras", help="where to save the model")
+    train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    train.add_argument("--base", default="efficientnet-lite0", metavar="ENGINE",  # what train builds on
+                       help="the engine whose features are trained on (default: %(default)s)")
+    train.add_argument("--holdout", type=share_below_one, default=0.2, metavar="F",
+                       help="share of each class kept out of training for the comparison; 0 trains on "
+                            "everything (default: %(default)s)")
+    train.add_argument("--validation", type=share_below_one, default=0.2, metavar="F",
+                       help="share of the rest of each class that decides when to stop (default: %(default)s)")
+    train.add_argument("--epochs", type=positive_int, default=200, metavar="N",
+                       help="most epochs; training stops earlier when the validation loss stops improving "
+                            "(default: %(default)s)")
+    train.add_argument("--embedding-dim", type=positive_int, default=256, metavar="D",
+                       help="size of the embedding, the search vector (default: %(default)s)")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split and of training (default: 0)")
+    train.add_argument("--fine-tune", type=non_negative_int, default=0, metavar="N",
+                       help="after the head, also train the top N blocks of the base network (0-16), on their "
+                            "cached input; slower, better on the trained classes, worse on others (default: 0)")
+    train.add_argument("--batch-size", type=positive_int, metavar="N",
+                       help="images per model call when extracting features")
+    train.add_argument("--cache", default=str(FEATURE_CACHE), metavar="DIR",
+                       help="where extracted features are kept between runs, shared with evaluate "
+                            "(default: %(default)s)")
+    train.set_defaults(run=run_train)
     return parser
 
 

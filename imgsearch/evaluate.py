@@ -41,7 +41,7 @@ from .ranking import similarities
 from .retrieval import PostProcessing, Retrieval
 from .space import FeatureSpace
 from .store import Snapshot
-from .sync import FolderSource, sync
+from .sync import FolderSource, SyncProgress, sync
 
 LABELS_FILE = "labels.csv"
 CURVE_DEPTH = 50
@@ -158,13 +158,17 @@ Transform = Callable[[Image.Image], Image.Image]
 
 
 def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_dir: Path | None, batch_size: int = 32,
-                     transform_name: str = "") -> tuple[np.ndarray, dict]:
+                     transform_name: str = "", progress: SyncProgress | None = None,
+                     skip_unreadable: bool = False) -> tuple[np.ndarray, dict]:
     """Vectors of `paths` (each image edited by the named transform first, if any), in their order, and the
     timing of the extraction that made them (`from_cache` says whether this call reused earlier vectors).
 
     They go through the app's sync loop into a catalogue of the dataset kept in `cache_dir` (a temporary
     one without it), so a second run computes only what is missing or changed. An edited copy's vectors
-    are kept under their own id, `<model_id>~<transform>`.
+    are kept under their own id, `<model_id>~<transform>`. An unreadable or missing image is an ImageError,
+    unless `skip_unreadable`: then it has no row among the vectors, and the timing's `skipped` lists
+    (name, reason) for each.
+    `progress` follows the sync loop.
     """
     root = Path(root)
     names = [Path(path).relative_to(root).as_posix() for path in paths]
@@ -178,11 +182,14 @@ def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_di
         wanted = set(names)
         began = time.perf_counter()
         report = sync(catalogue, space, FolderSource(root, names), batch_size=batch_size, only=wanted.__contains__,
-                      retry_unreadable=True, transform=TRANSFORMS[transform_name] if transform_name else None)
+                      retry_unreadable=True, transform=TRANSFORMS[transform_name] if transform_name else None,
+                      progress=progress)
         seconds = time.perf_counter() - began
-        if report.failures:
-            name, reason = report.failures[0]
-            raise ImageError(f"{name}: {reason}")
+        failed = dict(report.failures)
+        skipped = [(name, failed.get(name, "no such file")) for name in names if name not in space.store]
+        if skipped and not skip_unreadable:
+            raise ImageError(": ".join(skipped[0]))
+        names = [name for name in names if name in space.store]
         timing_key = f"timing:{model_id}"
         if report.computed:
             timing = {"images": report.computed, "seconds": round(seconds, 2),
@@ -195,7 +202,7 @@ def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_di
             timing = json.loads(catalogue.read_state(timing_key) or "{}")
         vectors = np.stack([space.store.vector(name) for name in names]) if names else \
             np.zeros((0, engine.dim), np.float32)
-        return vectors, {**timing, "from_cache": not report.computed}
+        return vectors, {**timing, "from_cache": not report.computed, "skipped": skipped}
 
 
 def model_throughput(engine: Engine, images: np.ndarray, batch_size: int = 32) -> float:

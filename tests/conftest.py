@@ -186,22 +186,29 @@ def catalogue_env(request) -> dict[str, str]:
     return {"IMAGE_SEARCH_DATABASE": request.getfixturevalue("postgres").create_database()}
 
 
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    """A request handler for test servers: no request log, and one call to answer with a body."""
+
+    def reply(self, status: int, kind: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 @pytest.fixture(scope="session")
 def image_server():
     """A loopback web server for search by URL: `/blue.png` is an image, `/page.html` is not, the rest 404."""
     files = {"/blue.png": (make_image("blue", seed=42), "image/png"), "/page.html": (b"<html></html>", "text/html")}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self):
             body, kind = files.get(self.path, (b"not found", "text/plain"))
-            self.send_response(200 if self.path in files else 404)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
+            self.reply(200 if self.path in files else 404, kind, body)
 
     with loopback_server(Handler) as url:
         yield url

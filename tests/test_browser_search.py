@@ -22,6 +22,9 @@ from test_browser import (ARTIFACTS, _new_page, api_images, assert_fits_the_scre
 
 expect = sync_api.expect
 
+# Slow: a browser on a server with the real network and tagger; `make test-fast` leaves it out.
+pytestmark = pytest.mark.slow
+
 DOCS = PROJECT_DIR / "docs"
 SHIPPED = (PROJECT_DIR / "original_filenames.txt").read_text().split()
 

@@ -86,6 +86,11 @@ def test_prepare_stretches_any_image_to_the_model_input(engine):
     engine.warm_up()
 
 
+def test_a_model_from_elsewhere_is_described_without_classes(engine):
+    description = engine.describe()
+    assert description["model_file"] == "colours.keras" and "classes" not in description
+
+
 def test_unknown_layer_lists_the_real_ones(model_path):
     with pytest.raises(ValueError, match="no layer 'nope'.*conv_a.*embedding"):
         CustomKerasEngine(str(model_path), feature_layer="nope").load()

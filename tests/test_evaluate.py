@@ -25,6 +25,7 @@ from imgsearch.evaluate import (
     robustness_sample,
     same_class_pair_similarities,
 )
+from imgsearch.imaging import ImageError
 from imgsearch.retrieval import PostProcessing
 
 
@@ -248,6 +249,20 @@ def test_features_are_cached_per_engine_and_transform(tmp_path):
     subset, timing = dataset_features(MeanColourEngine(), root, paths[1:], tmp_path / "cache")
     assert timing["from_cache"]
     np.testing.assert_array_equal(subset, first[1:])
+
+
+def test_unreadable_and_missing_images_are_an_error_or_skipped_and_listed(tmp_path):
+    for i in range(3):
+        _write_image(tmp_path / "set" / "x" / f"{i}.png", (50 * i, 100, 10))
+    (tmp_path / "set" / "x" / "1.png").write_bytes(b"not a PNG")
+    root = tmp_path / "set"
+    paths = sorted(root.rglob("*.png")) + [root / "x" / "gone.png"]
+    with pytest.raises(ImageError, match="x/1.png"):
+        dataset_features(MeanColourEngine(), root, paths, tmp_path / "cache")
+    vectors, timing = dataset_features(MeanColourEngine(), root, paths, tmp_path / "cache", skip_unreadable=True)
+    assert len(vectors) == 2
+    assert [name for name, _ in timing["skipped"]] == ["x/1.png", "x/gone.png"]
+    assert timing["skipped"][1][1] == "no such file"
 
 
 def test_evaluate_dataset_with_post_processing(tmp_path):

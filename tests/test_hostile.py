@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.client
-import http.server
 import io
 import json
 import os
@@ -28,7 +27,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, loopback_server, make_image, make_library
+from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, QuietHandler, loopback_server, make_image, make_library
 
 # Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
 pytestmark = pytest.mark.slow
@@ -340,7 +339,7 @@ def test_url_search_refuses_private_targets_and_other_schemes(server, unchanged,
         assert_json_error(requests.post(server.url + "/api/search", json=payload, timeout=20), status)
 
 
-class HostileHandler(http.server.BaseHTTPRequestHandler):
+class HostileHandler(QuietHandler):
     """Upstream servers that misbehave: stall, flood, redirect forever, or serve the wrong thing."""
 
     protocol_version = "HTTP/1.0"  # a body without Content-Length then ends when the connection closes
@@ -351,11 +350,11 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
         path = self.path
         try:
             if path == "/image.png" or path.startswith("/x/"):
-                self._send(200, "image/png", make_image("blue", seed=5))
+                self.reply(200, "image/png", make_image("blue", seed=5))
             elif path == "/page.html":
-                self._send(200, "text/html", b"<html><body>hello</body></html>")
+                self.reply(200, "text/html", b"<html><body>hello</body></html>")
             elif path == "/not-really.png":
-                self._send(200, "image/png", b"GIF89a but not really")
+                self.reply(200, "image/png", b"GIF89a but not really")
             elif path.startswith("/hops/"):
                 left = int(path.rsplit("/", 1)[1])  # redirects still to come
                 self.send_response(302)
@@ -390,19 +389,9 @@ class HostileHandler(http.server.BaseHTTPRequestHandler):
                 self.send_header("Content-Length", str(1024 * MiB))
                 self.end_headers()
             else:
-                self._send(404, "text/plain", b"no")
+                self.reply(404, "text/plain", b"no")
         except (BrokenPipeError, ConnectionResetError):
             pass
-
-    def _send(self, status, kind, body):
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import functools
-import http.server
 import io
 import os
 import time
@@ -19,7 +18,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import LiveServer, loopback_server, make_image
+from conftest import LiveServer, QuietHandler, loopback_server, make_image
 from test_hostile import COLOR, assert_json_error, new_library
 
 # Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
@@ -58,7 +57,7 @@ def running(data_dir: Path, env: dict[str, str]):
 
 # ----- the `engine` field names only what the server offers -----------------------------------------------------
 
-class OutboundRecorder(http.server.BaseHTTPRequestHandler):
+class OutboundRecorder(QuietHandler):
     """Stands in for a proxy: any download the server tried would arrive here."""
 
     seen: list[str] = []
@@ -68,9 +67,6 @@ class OutboundRecorder(http.server.BaseHTTPRequestHandler):
         self.send_error(502)
 
     do_CONNECT = do_GET
-
-    def log_message(self, *args):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -158,19 +154,12 @@ def progressive_jpeg(side: int, scans: int) -> bytes:
     return data[:end] + data[starts[-1]:end] * (scans - len(starts)) + b"\xff\xd9"
 
 
-class FileHandler(http.server.BaseHTTPRequestHandler):
+class FileHandler(QuietHandler):
     files: dict[str, bytes] = {}
 
     def do_GET(self):
         body = self.files.get(self.path, b"")
-        self.send_response(200 if body else 404)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
+        self.reply(200 if body else 404, "image/jpeg", body)
 
 
 @pytest.fixture(scope="module")

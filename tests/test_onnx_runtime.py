@@ -10,6 +10,7 @@ from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
 from imgsearch.engines.keras_cnn import KerasApplicationEngine
 from imgsearch.engines.onnx_runtime import (
     CAFFE,
+    IDENTITY,
     SYMMETRIC,
     InputTransform,
     UnsupportedModel,
@@ -76,6 +77,24 @@ def dense_head_model(size: int = 32):
     return keras.Model(inputs, layers.Dense(8)(x))
 
 
+def nested_backbone_model(size: int = 24):
+    """A backbone model used as one layer of a classifier, between a Rescaling and a unit normalisation."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(6)
+    backbone_inputs = keras.Input((size, size, 3))
+    x = layers.Conv2D(6, 3, strides=2, padding="same", use_bias=False)(backbone_inputs)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU(max_value=6.0)(x)
+    backbone = keras.Model(backbone_inputs, layers.GlobalAveragePooling2D()(x), name="backbone")
+    randomise_batch_norms(backbone, np.random.default_rng(7))
+    inputs = keras.Input((size, size, 3))
+    x = layers.Rescaling(1 / 128, offset=-127 / 128)(inputs)
+    x = layers.UnitNormalization()(backbone(x))
+    return keras.Model(inputs, layers.Dense(5, activation="relu")(x))
+
+
 def run_onnx(blob: bytes, batch: np.ndarray) -> np.ndarray:
     session = onnxruntime.InferenceSession(blob, providers=["CPUExecutionProvider"])
     return session.run(None, {"image": batch})[0]
@@ -95,6 +114,21 @@ def test_exported_graph_matches_keras(build, transform):
     got = run_onnx(export(model, transform), batch)
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def test_a_backbone_nested_in_a_saved_classifier_exports(tmp_path):
+    """A loaded model's nested backbone is called on the outer tensors, not on its own Input."""
+    import keras
+
+    path = tmp_path / "classifier.keras"
+    nested_backbone_model().save(path)
+    model = keras.models.load_model(path)
+    assert [type(layer).__name__ for layer in model.layers][1:3] == ["Rescaling", "Functional"]
+    batch = pixels(24)
+    expected = np.asarray(model(batch.astype(np.float32), training=False))
+    got = run_onnx(export(model, IDENTITY), batch)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+    assert np.abs(expected).max() > 0.01
 
 
 def test_bgr_order_is_not_a_no_op():

@@ -15,17 +15,25 @@ What the model is given:
   inside the model (a `keras.layers.Rescaling(1/255)` layer first, or the preprocessing your base
   network expects), where it was during training.
 
-The feature space is tied to the file's content (a short sha256) and the chosen layer, so vectors
-from a retrained model are never compared with the old ones.
+A model made by `python -m imgsearch train` carries `imgsearch.json` inside its .keras archive (Keras
+ignores it): the class names, the engine it was trained on, and `"prepare": "centre-crop"`, which makes
+this engine prepare images as that engine does (short side scaled, centre square cut) so search vectors
+match what the model was trained on. The class names are shown in `describe()` (GET /api/status).
+
+The feature space is tied to the file's content (a short sha256, which covers `imgsearch.json` too) and the
+chosen layer, so vectors from a retrained model are never compared with the old ones.
 
 With `runtime="onnxruntime"` the feature part of the model is exported and run by ONNX Runtime when every
-layer on its path exports (an input Rescaling, convolutions, batch norms, ReLUs, pooling, Dense layers:
-what a fine-tuned EfficientNet-Lite or a small CNN is made of); the graph is cached, so later starts need no
-TensorFlow. Anything else runs on TensorFlow.
+layer on its path exports (an input Rescaling, convolutions, batch norms, ReLUs, pooling, Dense layers, unit
+normalisation, and a backbone model nested as one layer: what a fine-tuned EfficientNet-Lite, a model made by
+`train` or a small CNN is made of); the graph is cached, so later starts need no TensorFlow. Anything else
+runs on TensorFlow.
 """
 from __future__ import annotations
 
+import json
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +49,9 @@ log = logging.getLogger(__name__)
 DEFAULT_INPUT_SIZE = 224
 # Layers that may follow the classification Dense without changing what feeds it.
 _HEAD_TAIL_LAYERS = ("Activation", "Softmax", "Dropout")
+# What `train` records inside the .keras archive it writes.
+MODEL_INFO = "imgsearch.json"
+CENTRE_CROP = "centre-crop"
 
 
 class CustomKerasEngine(Engine):
@@ -67,18 +78,28 @@ class CustomKerasEngine(Engine):
         self._weights_tag = f"{digest}-{feature_layer}" if feature_layer else digest
         self._input_width = DEFAULT_INPUT_SIZE
         self._features = None
+        self.info = read_model_info(self.path)
 
     @property
     def weights_tag(self) -> str:
         return self._weights_tag
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """RGB image -> (height, width, 3) uint8 at the model's input size, stretched to fit."""
+        """RGB image -> (height, width, 3) uint8 at the model's input size: stretched to fit, or centre-cropped
+        as the engine it was trained on prepares images, when the model says so."""
         self.load()
+        if self.info.get("prepare") == CENTRE_CROP and self.input_size == self._input_width:
+            return super().prepare(image)
         size = (self._input_width, self.input_size)
         if image.size != size:
             image = image.resize(size, Image.Resampling.BILINEAR)
         return np.asarray(image, dtype=np.uint8)
+
+    def describe(self) -> dict:
+        description = {**super().describe(), "model_file": self.path.name}
+        if "classes" in self.info:
+            description.update(classes=self.info["classes"], trained_on=self.info.get("base"))
+        return description
 
     def warm_up(self) -> None:
         self.extract(np.zeros((1, self.input_size, self._input_width, 3), np.uint8))
@@ -125,6 +146,16 @@ class CustomKerasEngine(Engine):
 
     def _extract(self, batch: np.ndarray) -> np.ndarray:
         return self._features(batch)
+
+
+def read_model_info(path: Path) -> dict:
+    """What `train` recorded inside a .keras archive ({} for any other model file)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            info = json.loads(archive.read(MODEL_INFO))
+    except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _image_input_size(model) -> tuple[int, int]:

@@ -94,7 +94,8 @@ def _same_padding(kernel: int, stride: int, size: int | None, layer_name: str) -
 
 
 def _inputs(layer) -> list:
-    return list(layer.input) if isinstance(layer.input, (list, tuple)) else [layer.input]
+    """The tensors a layer is called on (for a nested model, the outer ones, not its own Input)."""
+    return list(layer._inbound_nodes[0].input_tensors)
 
 
 def _activation_name(layer) -> str:
@@ -147,10 +148,17 @@ class _Exporter:
 
     def model(self, model, images: str) -> str:
         """Append `model`'s layers, reading the NCHW `images`; returns the name of the model's output."""
-        if len(model.inputs) != 1 or len(model.outputs) != 1:
-            raise UnsupportedModel("only models with one input and one output")
         self.bgr_pending = self.transform.bgr
-        tensors = {id(model.inputs[0]): images}
+        output = self.layers_of(model, images)
+        if self.bgr_pending:
+            raise UnsupportedModel("no convolution to fold the BGR channel order into")
+        return output
+
+    def layers_of(self, model, source: str) -> str:
+        """Append the layers of `model` (or of a model nested in it, as a layer) reading `source`."""
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise UnsupportedModel(f"{model.name}: only models with one input and one output")
+        tensors = {id(model.inputs[0]): source}
         for layer in model.layers:
             if type(layer).__name__ == "InputLayer":
                 continue
@@ -160,13 +168,15 @@ class _Exporter:
                 sources = [tensors[id(t)] for t in _inputs(layer)]
             except KeyError:
                 raise UnsupportedModel(f"{layer.name}: an input that is not a layer output") from None
-            tensors[id(layer.output)] = self.layer(layer, sources)
-        if self.bgr_pending:
-            raise UnsupportedModel("no convolution to fold the BGR channel order into")
+            if type(layer).__name__ == "Functional":  # a model used as a layer, such as a pretrained backbone
+                output = self.layers_of(layer, sources[0])
+            else:
+                output = self.layer(layer, sources)
+            tensors[id(layer._inbound_nodes[0].output_tensors[0])] = output
         try:
             return tensors[id(model.outputs[0])]
         except KeyError:
-            raise UnsupportedModel("the output is computed outside the model's layers") from None
+            raise UnsupportedModel(f"{model.name}: the output is computed outside the model's layers") from None
 
     def serialise(self, features: str) -> bytes:
         """The finished graph: (n, h, w, 3) uint8 input "image" -> float32 output "features"."""
@@ -237,6 +247,8 @@ class _Exporter:
             return source
         if kind == "Rescaling":
             return self.rescale(layer, source)
+        if kind == "UnitNormalization":
+            return self.unit_normalise(layer, source)
         raise UnsupportedModel(f"{layer.name}: no ONNX translation for {kind} layers")
 
     def convolution(self, layer, kind: str, source: str, pads: list[int]) -> str:
@@ -289,6 +301,18 @@ class _Exporter:
         if not np.any(layer.offset):
             return scaled
         return graph.node("Add", [scaled, per_channel(layer.offset, "offset")], layer.name + "_offset")
+
+    def unit_normalise(self, layer, source: str) -> str:
+        """x * min(1 / sqrt(sum(x²)), 1e12) over the channels, as keras.ops.normalize computes it."""
+        rank = len(_inputs(layer)[0].shape)
+        if layer.axis not in (-1, rank - 1, [-1], [rank - 1]):
+            raise UnsupportedModel(f"{layer.name}: unit normalisation over other axes than the channels")
+        graph = self.graph
+        squares = graph.node("ReduceSumSquare", [source, graph.constant([1], "channel_axis", np.int64)],
+                             layer.name + "_squares", keepdims=1)
+        inverse = graph.node("Reciprocal", [graph.node("Sqrt", [squares], layer.name + "_norm")], layer.name + "_inv")
+        capped = graph.node("Min", [inverse, graph.constant(1e12)], layer.name + "_capped")
+        return graph.node("Mul", [source, capped], layer.name)
 
     def fold_batch_norm(self, layer, source: str) -> str:
         conv = self.convolutions.pop(source, None)

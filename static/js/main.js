@@ -17,6 +17,8 @@ const FOLLOW_MS = 3000;
 // The fallback notice, once dismissed, stays away for this browser tab.
 const NOTICE_DISMISSED_KEY = "imgsearch.fallbackNoticeDismissed";
 const byId = (id) => document.getElementById(id);
+// A trained model's classes are named in the status line up to this many; beyond, they are counted.
+const SHOWN_CLASSES = 5;
 
 let refreshInFlight = null;
 let refreshAgain = false;
@@ -33,9 +35,19 @@ function renderStatus(status) {
   const line = byId("status-line");
   const startup = status.startup || { state: "ready" };
   const items = [
-    statusItem(["Model ", el("strong", {}, status.model)]),
+    statusItem(["Model ", el("strong", {}, status.model_file ? `${status.model} ${status.model_file}` : status.model)]),
     statusItem(["Metric ", el("strong", {}, status.metric)]),
   ];
+  if (status.classes) {
+    // A model made by `train`: its classes by name when they are few, all of them on hover.
+    const names = status.classes.join(", ");
+    const shown = status.classes.length <= SHOWN_CLASSES
+      ? `Classes ${names}`
+      : formatCount(status.classes.length, "class", "classes");
+    const classes = statusItem([shown]);
+    classes.title = names;
+    items.push(classes);
+  }
   if (startup.state !== "ready") {
     const counter = startup.total ? ` ${startup.current} / ${startup.total}` : "";
     const state = `${startup.state.charAt(0).toUpperCase()}${startup.state.slice(1)}`;
