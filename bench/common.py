@@ -349,10 +349,10 @@ def model_id_and_dim(model: str) -> tuple[str, int]:
     """The feature-space id and dimension the app will use for `model`, without loading it."""
     from imgsearch.config import Settings
 
-    if model == "efficientnet-lite0":
-        from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
+    if model.startswith("efficientnet-lite"):
+        from imgsearch.engines import build_engine
 
-        engine = EfficientNetLite0Engine(cache_dir=Settings.from_env().cache_dir)
+        engine = build_engine(model, Settings.from_env())  # with the scales the settings give it
     else:
         from imgsearch.engines.keras_cnn import KerasApplicationEngine
 

@@ -1,8 +1,9 @@
 """Serving from the cached ONNX graph, against IMAGE_SEARCH_RUNTIME=tensorflow, side by side in one run.
 
-For each configuration (the default settings on a machine without ResNet50's weights, `efficientnet-lite0`
-named explicitly, and `resnet50` with random weights) one prefilled library of N stored vectors is served by
-`python app.py` three ways, the three servers running side by side and searched in turns:
+For each configuration (the default settings on a machine without ResNet50's weights, which serve the offline
+`efficientnet-lite1` at 176 and 240 px; `efficientnet-lite0` named explicitly; and `resnet50` with random
+weights) one prefilled library of N stored vectors is served by `python app.py` three ways, the three servers
+running side by side and searched in turns:
 - lean (ours): the graph was cached by `python -m imgsearch prepare` beforehand, so TensorFlow is not loaded;
 - cold: an empty cache folder, so the start imports TensorFlow, builds the Keras model, exports and checks
   it, as every start did before the graph was cached (the query-time reference);
@@ -34,13 +35,14 @@ import requests  # noqa: E402
 
 from bench.common import (PROJECT_DIR, ServerProcess, latency_summary, prefill_library,  # noqa: E402
                           prepare_graphs, query_jpeg, result_row, write_photos)
+from imgsearch.engines import OFFLINE_ENGINE  # noqa: E402
 
 # The weights' origin is reached through a proxy address where nothing listens, and Keras's folder is empty:
 # the default start then meets missing ResNet50 weights on any machine, and nothing is downloaded.
 OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
 CONFIGS = {
     # label: (the model stored vectors belong to, settings)
-    "default settings": ("efficientnet-lite0", {}),
+    "default settings": (OFFLINE_ENGINE, {}),
     "efficientnet-lite0": ("efficientnet-lite0", {"IMAGE_SEARCH_MODEL": "efficientnet-lite0"}),
     "resnet50 (random weights)": ("resnet50", {"IMAGE_SEARCH_MODEL": "resnet50", "IMAGE_SEARCH_WEIGHTS": "random"}),
 }

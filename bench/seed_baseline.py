@@ -27,12 +27,13 @@ def build_model(model: str):
         return model, resnet50.preprocess_input
     if model == "efficientnet-lite0":
         from imgsearch.config import Settings
-        from imgsearch.engines.efficientnet_lite import (EfficientNetLite0Engine, assign_weights, build_backbone,
-                                                         load_converted)
+        from imgsearch.engines.efficientnet_lite import (EfficientNetLiteEngine, assign_weights, build_backbone,
+                                                        load_converted)
 
-        engine = EfficientNetLite0Engine(cache_dir=Settings.from_env().cache_dir).load()  # makes the weights cache
-        backbone = build_backbone()
-        assign_weights(backbone, load_converted(engine.cache_path))
+        engine = EfficientNetLiteEngine(cache_dir=Settings.from_env().cache_dir).load()  # makes the weights cache
+        layers = load_converted(engine.cache_path)
+        backbone = build_backbone(layers, engine.input_size)
+        assign_weights(backbone, layers)
         return backbone, lambda x: (x - 127.0) / 128.0
     raise ValueError(f"no seed-style baseline for {model!r}")
 

@@ -32,7 +32,7 @@ if __package__ in (None, ""):
 from imgsearch.config import Settings  # noqa: E402
 from imgsearch.engines.efficientnet_lite import (  # noqa: E402
     INPUT_TRANSFORM,
-    EfficientNetLite0Engine,
+    EfficientNetLiteEngine,
     assign_weights,
     build_backbone,
     load_converted,
@@ -56,7 +56,7 @@ TOP = 10
 PACKED_BYTES_PER_TAG = 6
 
 
-def classify(engine: EfficientNetLite0Engine, paths: list[Path], batch_size: int) -> tuple[np.ndarray, dict]:
+def classify(engine: EfficientNetLiteEngine, paths: list[Path], batch_size: int) -> tuple[np.ndarray, dict]:
     """(n, 1000) probabilities, and seconds spent decoding and in the classifier."""
     engine.load()
     engine.classify(np.zeros((1, 224, 224, 3), np.uint8))  # tracing is not part of the cost per image
@@ -72,12 +72,12 @@ def classify(engine: EfficientNetLite0Engine, paths: list[Path], batch_size: int
     return np.concatenate(probabilities), {"decode_seconds": decode_seconds, "classifier_seconds": model_seconds}
 
 
-def head_cost(engine: EfficientNetLite0Engine, paths: list[Path], probabilities: np.ndarray,
+def head_cost(engine: EfficientNetLiteEngine, paths: list[Path], probabilities: np.ndarray,
               batch_size: int) -> dict:
     """Tags from features a ranking engine already made: the classifier head alone, after the backbone on
     ONNX Runtime (as the efficientnet-lite0 engine runs it), compared with the TensorFlow classifier."""
     layers = load_converted(engine.cache_path)
-    backbone = build_backbone()
+    backbone = build_backbone(layers, engine.input_size)
     assign_weights(backbone, layers)
     runner = session_runner(export(backbone, INPUT_TRANSFORM))
     features, backbone_seconds = [], 0.0
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     paths, labels = read_labelled_folder(args.dataset)
     labels = np.array(labels)
     vocabulary = load()
-    engine = EfficientNetLite0Engine(Settings.from_env().cache_dir, include_classifier=True)
+    engine = EfficientNetLiteEngine(Settings.from_env().cache_dir, include_classifier=True)
     probabilities, timing = classify(engine, paths, args.batch_size)
     n = len(paths)
     cost = {"images": n, "decode_ms_per_image": 1000 * timing["decode_seconds"] / n,

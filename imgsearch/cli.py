@@ -22,7 +22,7 @@ from tqdm import tqdm
 from .catalogue import Catalogue, CatalogueError, database_url, describe_url, model_dimensions, read_vectors
 from .config import Settings
 from . import evaluate
-from .engines import ENGINE_NAMES, OFFLINE_ENGINE, get_engine, get_tagger, load_active_engine
+from .engines import ENGINE_NAMES, get_engine, get_tagger, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
 from .extraction import read_image
 from .engines.keras_weights import forget_failed_downloads
@@ -251,6 +251,7 @@ def run_search(args: argparse.Namespace) -> int:
             hits = searcher.by_vector(space, vector, args.k, exclude, searcher.allowed(args.filters, words))
     except RequestError as exc:
         raise CommandError(exc.message) from None
+    reranked = vector is not None and bool(settings.query_expansion) and engine.metric == "cosine"
     if args.json:
         print(json.dumps({
             "query": None if args.query is None else str(args.query), "folder": str(folder),
@@ -260,12 +261,16 @@ def run_search(args: argparse.Namespace) -> int:
                                                    for term in words.terms],
             "results": [{"rank": rank, "score": round(score, 6), "name": name, "path": str(folder / name)}
                         for rank, (name, score) in enumerate(hits, 1)],
+            "reranked": reranked,
         }, indent=2))
     else:
         if words is not None:
             print("words: " + "; ".join(f"{term.text} = {', '.join(c.name for c in term.concepts)}"
                                         for term in words.terms)
                   + (f" (not known: {', '.join(words.unmatched)})" if words.unmatched else ""))
+        if reranked:
+            print(f"ordered by query expansion (IMAGE_SEARCH_QUERY_EXPANSION={settings.query_expansion}); each score "
+                  "is the image's own similarity to the query")
         print(f"{'rank':>4}  {'score':<6}  path")
         for rank, (name, score) in enumerate(hits, 1):
             print(f"{rank:>4}  {score:.4f}  {folder / name}")
@@ -370,7 +375,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
             try:
                 runs.append(evaluate.evaluate_dataset(
                     engine, dataset, options, robustness=args.robustness, seed=args.seed, cache_dir=cache_dir,
-                    batch_size=settings.batch_size, progress=lambda message: print(message, file=sys.stderr)))
+                    batch_size=settings.batch_size, per_class=args.per_class,
+                    progress=lambda message: print(message, file=sys.stderr)))
             except ValueError as exc:
                 raise CommandError(f"{dataset}: {exc}") from None
             except ImageError as exc:
@@ -378,7 +384,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     report = evaluate.build_report(runs, {
         "datasets": [str(d) for d in args.datasets], "engines": [e.model_id for e in engines],
         "postprocessing": options.label(), "robustness_sample": args.robustness, "seed": args.seed,
-        "batch_size": settings.batch_size})
+        "per_class": args.per_class, "batch_size": settings.batch_size})
     written = evaluate.write_report(report, Path(args.out))
     print(evaluate.markdown_report(report))
     print("wrote " + ", ".join(str(path) for path in written.values()))
@@ -564,8 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluation = commands.add_parser(
         "evaluate", help="measure retrieval quality on labelled image folders",
-        description="Leave-one-out P@1, P@10 and mAP (overall and per class), near-duplicate recall@1 under seven "
-                    "transforms, and the duplicate threshold that separates copies from same-class images. "
+        description="Leave-one-out P@1, P@10 and mAP (overall and per class), near-duplicate recall@1 under the "
+                    "seven known transforms and a wider set, and the duplicate threshold that separates copies from "
+                    "same-class images. "
                     "A DATASET is a folder with labels.csv (filename,label) or one subfolder per class. "
                     "Writes evaluation.json, evaluation.md and precision_at_k.png into --out. The engines' own "
                     "variants come from the settings (IMAGE_SEARCH_FEATURE_POOLING, IMAGE_SEARCH_FEATURE_SCALES, "
@@ -580,7 +587,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="folder for the JSON, markdown and PNG outputs (default: %(default)s)")
     evaluation.add_argument("--robustness", type=non_negative_int, default=100, metavar="N",
                             help="images in the near-duplicate sample; 0 skips it (default: %(default)s)")
-    evaluation.add_argument("--seed", type=int, default=0, help="seed of the near-duplicate sample (default: 0)")
+    evaluation.add_argument("--seed", type=int, default=0,
+                            help="seed of the near-duplicate sample and of --per-class (default: 0)")
+    evaluation.add_argument("--per-class", type=non_negative_int, default=0, metavar="N",
+                            help="evaluate a small library instead: a seeded draw of N images per class "
+                                 "(about 10 is a personal library); 0 uses every image (default: %(default)s)")
     evaluation.add_argument("--cache", default=str(FEATURE_CACHE),
                             metavar="DIR", help="where extracted features are kept between runs (default: %(default)s)")
     evaluation.add_argument("--no-cache", action="store_true", help="extract everything afresh and keep nothing")
@@ -613,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("dataset", metavar="DATASET")
     train.add_argument("--out", required=True, metavar="MODEL.keras", help="where to save the model")
     train.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    train.add_argument("--base", default=OFFLINE_ENGINE, metavar="ENGINE",
+    train.add_argument("--base", default="efficientnet-lite0", metavar="ENGINE",  # what train builds on
                        help="the engine whose features are trained on (default: %(default)s)")
     train.add_argument("--holdout", type=share_below_one, default=0.2, metavar="F",
                        help="share of each class kept out of training for the comparison; 0 trains on "

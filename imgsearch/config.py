@@ -29,7 +29,7 @@ class Settings:
     port: int = _field(5000, "PORT", "Port the server listens on (also `--port`).")
     model: str = _field(
         "resnet50", "IMAGE_SEARCH_MODEL",
-        "Feature engine: `resnet50`, `efficientnet-lite0`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`.",
+        "Feature engine: `resnet50`, `efficientnet-lite0`, `efficientnet-lite1`, `efficientnet-lite2`, `vgg16`, `mobilenetv2`, `color` or `custom:<path>`; cosine engines joined by `+` (e.g. `efficientnet-lite0+efficientnet-lite1`) put their features side by side.",
     )
     weights: str = _field(
         "imagenet", "IMAGE_SEARCH_WEIGHTS",
@@ -53,19 +53,19 @@ class Settings:
     )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
-        "`efficientnet-lite0` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",
+        "`efficientnet-lite*` only: `avg` (global average) or `gem` (generalised mean, p = 3) pooling of the last feature map.",
     )
     feature_scales: str = _field(
-        "224", "IMAGE_SEARCH_FEATURE_SCALES",
-        "`efficientnet-lite0` only: comma-separated input sizes whose features are averaged, e.g. `224,288`.",
+        "", "IMAGE_SEARCH_FEATURE_SCALES",
+        "`efficientnet-lite*` only: comma-separated input sizes whose features are averaged, e.g. `160,224`; empty means each network's default: `176,240` for `efficientnet-lite1` (the measured best), its own input size for Lite0 (224) and Lite2 (260).",
     )
     flip_average: bool = _field(
         False, "IMAGE_SEARCH_FLIP_AVERAGE",
-        "`efficientnet-lite0` only: `1` averages the features of each image and its mirror (twice the extraction time).",
+        "`efficientnet-lite*` only: `1` averages the features of each image and its mirror (twice the extraction time).",
     )
     query_expansion: int = _field(
-        0, "IMAGE_SEARCH_QUERY_EXPANSION",
-        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE), keeping the plain nearest image first; `0` is off.",
+        5, "IMAGE_SEARCH_QUERY_EXPANSION",
+        "Cosine engines: search again with the query plus its best k hits weighted by similarity³ (αQE), keeping the plain nearest image first; results say they are re-ranked, and each still shows its own similarity to the query; `0` is off.",
     )
     data_dir: Path = _field(
         PROJECT_DIR, "IMAGE_SEARCH_DATA_DIR",

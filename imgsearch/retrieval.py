@@ -166,14 +166,20 @@ def search_with_expansion(search: Callable[[np.ndarray, int], list[tuple[str, fl
                           alpha: float = 3.0) -> list[tuple[str, float]]:
     """αQE as the app runs it, nearest first: `search(vector, n)` gives the n best (name, similarity).
 
-    The plain nearest hit comes first with its own similarity; the expanded query ranks the rest, with
-    theirs. So the list is ordered by rank, and only from the second hit on by the scores shown.
+    The plain nearest hit comes first; the expanded query ranks the rest. Every hit keeps its own cosine
+    to `query`, clipped at 0 as the index scores it, not its score against the expanded query: the order
+    is the expansion's, the similarity shown is the image's own.
     """
     first = search(query, expansion_k)
     if not first:
         return []
     expanded = search(expand_query(query, first, vector_of, alpha), k)
-    return first[:1] + [hit for hit in expanded if hit[0] != first[0][0]][:k - 1]
+    rest = []
+    for name, _ in expanded:
+        vector = vector_of(name)
+        if name != first[0][0] and vector is not None:  # a vector gone since the search: its image is gone
+            rest.append((name, float(np.clip(vector @ query, 0.0, 1.0))))
+    return first[:1] + rest[:k - 1]
 
 
 def _weighted_sum(vectors: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -226,23 +226,26 @@ def base_backbone(base: Engine):
     """The base engine's network as Keras layers with its weights: (x - 127) / 128 images -> pooled features."""
     from .engines.efficientnet_lite import assign_weights, build_backbone
 
-    backbone = build_backbone(base.input_size)
-    assign_weights(backbone, base._converted_weights())
+    layers = base._converted_weights()
+    # Named as the engine names it ("efficientnet_lite0"): saved models carry that layer name.
+    backbone = build_backbone(layers, base.input_size, name=base.variant.replace("-", "_"))
+    assign_weights(backbone, layers)
     return backbone
 
 
 # ----- fine-tuning the top blocks ------------------------------------------------------------------
 
 
-def block_count() -> int:
+def block_count(base: Engine) -> int:
+    """How many blocks the base network has, read from its checkpoint (16 for Lite0)."""
     from .engines.efficientnet_lite import block_specs
 
-    return len(block_specs())
+    return len(block_specs(base._converted_weights()))
 
 
 def _first_tuned(backbone, blocks: int):
     """The tensor the top `blocks` blocks start from: the input of the first one's first layer."""
-    first = block_count() - blocks
+    first = sum(layer.name.endswith("_dw_conv") for layer in backbone.layers) - blocks  # one per block
     return next(layer for layer in backbone.layers if layer.name.startswith(f"block{first}_")).input
 
 
@@ -400,8 +403,8 @@ def train(data: LabelledFeatures, out: Path, base: Engine, options: TrainingOpti
     Returns what was measured, which the model also records.
     """
     check_output(out, overwrite)
-    if not 0 <= options.fine_tune <= block_count():
-        raise TrainingError(f"{base.name} has {block_count()} blocks to fine-tune, not {options.fine_tune}")
+    if not 0 <= options.fine_tune <= block_count(base):
+        raise TrainingError(f"{base.name} has {block_count(base)} blocks to fine-tune, not {options.fine_tune}")
     classes = check_classes(data.labels.tolist())
     targets = np.searchsorted(classes, data.labels)
     split = split_classes(data.labels, options.holdout, options.validation, options.seed)

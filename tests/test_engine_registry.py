@@ -47,10 +47,12 @@ def test_the_offline_stand_in_does_not_change_the_shared_engine(settings, tmp_pa
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # the weights' origin cannot be reached
     wanted = dataclasses.replace(settings, model="resnet50", weights="imagenet", keras_home=tmp_path / "keras")
     active = load_active_engine(wanted)
-    shared = get_engine("efficientnet-lite0", wanted)
+    shared = get_engine("efficientnet-lite1", wanted)
     assert active.describe()["fallback"] is True and "resnet50" in active.describe()["fallback_reason"]
     assert shared.describe()["fallback"] is False and shared is not active
-    batch = np.random.default_rng(1).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)
+    # The stand-in is the offline default configuration: Lite1's features at 176 and 240 px.
+    assert active.model_id == shared.model_id == "efficientnet-lite1-imagenet-s176+240-cosine"
+    batch = np.random.default_rng(1).integers(0, 256, (2, 240, 240, 3), dtype=np.uint8)
     np.testing.assert_array_equal(active.extract(batch), shared.extract(batch))
 
 

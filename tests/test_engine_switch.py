@@ -9,6 +9,7 @@ import threading
 import numpy as np
 
 from conftest import build_app, make_image
+from imgsearch.engines import load_active_engine
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.service import ImageSearchService
 from imgsearch.web import create_app
@@ -69,3 +70,39 @@ def test_searches_use_the_previous_engine_until_the_new_vectors_are_complete(set
         assert again.startup_job is None and again.status()["switch"] is None
     finally:
         again.close()
+
+
+def test_a_library_of_the_previous_offline_default_moves_to_the_new_one(settings, tmp_path, monkeypatch):
+    """A library indexed by the earlier offline default (Lite0 at 224 px) is searched with it while the new
+    default's vectors (Lite1 at 176 and 240 px) are computed, then moves over."""
+    build_app(dataclasses.replace(settings, model="efficientnet-lite0", feature_scales="224")).test_client()
+
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # ResNet50's weights cannot be had
+    now = dataclasses.replace(settings, model="resnet50", weights="imagenet", keras_home=tmp_path / "keras")
+    engine = load_active_engine(now)
+    release = threading.Event()
+    extract = engine._extract
+
+    def held(batch):  # the background job waits until the test lets it go
+        if threading.current_thread().name == "feature-job":
+            assert release.wait(60), "the test never released the engine"
+        return extract(batch)
+
+    monkeypatch.setattr(engine, "_extract", held)
+    service = ImageSearchService(now, engine).open()
+    try:
+        client = create_app(now, service=service).test_client()
+        status = client.get("/api/status").get_json()
+        assert status["model"] == "efficientnet-lite1" and status["fallback"] is True
+        assert status["switch"] == {"from": "efficientnet-lite0-imagenet-cosine",
+                                    "to": "efficientnet-lite1-imagenet-s176+240-cosine", "done": 0, "total": 6}
+        assert search(client)[0] == "efficientnet-lite0"
+
+        release.set()
+        service.startup_job.thread.join(60)
+        assert client.get("/api/status").get_json()["switch"] is None
+        body = client.post("/api/search", json={"filename": "red_circle.png", "k": 5}).get_json()
+        assert body["model"] == "efficientnet-lite1" and body["reranked"] is True and len(body["results"]) == 5
+    finally:
+        release.set()
+        service.close()

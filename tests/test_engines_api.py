@@ -17,6 +17,9 @@ ENGINES = {
     # name: (dimension, metric, what runs it)
     "resnet50": (2048, "cosine", "onnxruntime"),
     "efficientnet-lite0": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite1": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite2": (1280, "cosine", "onnxruntime"),
+    "efficientnet-lite0+efficientnet-lite1": (2560, "cosine", "onnxruntime"),
     "vgg16": (4096, "euclidean", "onnxruntime"),
     "mobilenetv2": (1280, "cosine", "onnxruntime"),
     "color": (1440, "chi2", "numpy"),
@@ -77,7 +80,11 @@ def test_engine_serves_the_whole_flow(name, settings, custom_model, data_dir):
     assert body["results"][0]["filename"] == "sunset.png"
     assert body["results"][0]["similarity"] >= 0.99
     scores = [r["similarity"] for r in body["results"]]
-    assert len(scores) == 6 and scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
+    assert len(scores) == 6 and scores[0] == max(scores) and all(0 <= s <= 1 for s in scores)
+    # Cosine engines rank by query expansion by default and say so; the others rank by the scores shown.
+    assert body["reranked"] is (metric == "cosine")
+    if not body["reranked"]:
+        assert scores == sorted(scores, reverse=True)
 
     by_name = client.post("/api/search", json={"filename": "copied.png", "k": 100}).get_json()["results"]
     assert len(by_name) == 7 and "copied.png" not in [r["filename"] for r in by_name]

@@ -8,11 +8,16 @@ import pytest
 from PIL import Image
 
 from imgsearch.engines.base import Engine
+from imgsearch.engines.concatenated import ConcatenatedEngine
 from imgsearch.evaluate import (
+    KNOWN_TRANSFORMS,
     TRANSFORMS,
+    WIDER_TRANSFORMS,
+    class_subset,
     dataset_features,
     duplicate_threshold_study,
     evaluate_dataset,
+    features_of,
     leave_one_out_metrics,
     model_throughput,
     near_duplicate_ranks,
@@ -158,7 +163,48 @@ def test_transforms_do_what_they_say():
     gray = np.asarray(TRANSFORMS["grayscale"](image))
     assert gray.shape == (100, 200, 3) and (gray[..., 0] == gray[..., 2]).all()
     assert np.asarray(TRANSFORMS["brightness1.6"](image))[0, 0].tolist() == [255, 160, 80]
-    assert set(TRANSFORMS) == {"crop70", "rotate10", "jpeg20", "downscale64", "grayscale", "mirror", "brightness1.6"}
+    assert KNOWN_TRANSFORMS == ("crop70", "rotate10", "jpeg20", "downscale64", "grayscale", "mirror", "brightness1.6")
+    assert set(KNOWN_TRANSFORMS) | set(WIDER_TRANSFORMS) == set(TRANSFORMS)
+    assert not set(KNOWN_TRANSFORMS) & set(WIDER_TRANSFORMS) and len(WIDER_TRANSFORMS) >= 10
+
+
+def test_wider_transforms_do_what_they_say():
+    pixels = np.random.default_rng(2).integers(0, 256, (100, 200, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    letterbox = np.asarray(TRANSFORMS["letterbox"](image))
+    assert letterbox.shape == (200, 200, 3) and letterbox[:50].max() == 0 and letterbox[150:].max() == 0
+    assert (letterbox[50:150] == pixels).all()
+    border = np.asarray(TRANSFORMS["border10"](image))
+    assert border.shape == (140, 240, 3) and border[:20].min() == 255 and (border[20:120, 20:220] == pixels).all()
+    assert (np.asarray(TRANSFORMS["offcrop75"](image)) == pixels[:75, :150]).all()
+    assert TRANSFORMS["crop50"](image).size == (100, 50)
+    assert TRANSFORMS["stretch1.4"](image).size == (280, 100)
+    assert TRANSFORMS["shrink50"](image).size == (100, 50)
+    inset = np.asarray(TRANSFORMS["inset60"](image))
+    assert inset.shape == pixels.shape and (inset[:10] == 90).all()
+    assert len(TRANSFORMS["palette64"](image).getcolors(4096)) <= 64
+    assert TRANSFORMS["reposted"](image).size == (81, 45)
+    assert np.asarray(TRANSFORMS["blur"](image)).std() < pixels.std() / 2
+    # Noise is seeded: a copy is the same on every run.
+    assert (np.asarray(TRANSFORMS["noise15"](image)) == np.asarray(TRANSFORMS["noise15"](image))).all()
+    plain = Image.new("RGB", (200, 100), (20, 120, 220))
+    caption = np.asarray(TRANSFORMS["caption"](plain))
+    assert caption.shape == (100, 200, 3) and (caption[:85] == (20, 120, 220)).all()
+    assert caption[85:].max() > 200 and (caption[85:] == 0).mean() > 0.5  # light text on a black banner
+    watermark = np.asarray(TRANSFORMS["watermark"](plain))
+    assert watermark.shape == (100, 200, 3) and 0 < (watermark != (20, 120, 220)).any(axis=2).mean() < 0.3
+    for name in ("contrast0.5", "saturation1.8", "noise15"):
+        assert TRANSFORMS[name](image).size == image.size
+        assert not (np.asarray(TRANSFORMS[name](image)) == pixels).all()
+
+
+def test_class_subset_draws_a_seeded_handful_of_each_class():
+    labels = ["a"] * 20 + ["b"] * 3 + ["c"] * 12
+    rows = class_subset(labels, 10, seed=4)
+    drawn = [labels[i] for i in rows]
+    assert (drawn.count("a"), drawn.count("b"), drawn.count("c")) == (10, 3, 10)
+    assert rows.tolist() == sorted(set(rows.tolist())) == class_subset(labels, 10, seed=4).tolist()
+    assert rows.tolist() != class_subset(labels, 10, seed=5).tolist()
 
 
 def test_near_duplicate_ranks_count_only_strictly_better_images():
@@ -228,8 +274,59 @@ def test_evaluate_dataset_with_post_processing(tmp_path):
                               cache_dir=None, progress=lambda message: None)
     assert result["postprocessing"] == "dba2+aqe1" and result["P@1"] == 1.0
     assert set(result["robustness"]["recall_at_1"]) == set(TRANSFORMS)
-    assert result["duplicate_threshold"]["positives"] == 4 * len(TRANSFORMS)
+    assert result["duplicate_threshold"]["positives"] == 4 * len(KNOWN_TRANSFORMS)
     assert len(result["precision_curve"]) == 50
+
+
+def test_evaluate_dataset_on_a_small_library_uses_the_full_sets_vectors(tmp_path):
+    for i in range(6):
+        _write_image(tmp_path / "red" / f"{i}.png", (150 + 20 * i, 10, 10 + 20 * i))
+        _write_image(tmp_path / "blue" / f"{i}.png", (10 + 20 * i, 10, 150 + 20 * i))
+    progress = []
+    full = evaluate_dataset(MeanColourEngine(), tmp_path, robustness=0, cache_dir=tmp_path / "cache",
+                            progress=progress.append)
+    small = evaluate_dataset(MeanColourEngine(), tmp_path, robustness=3, cache_dir=tmp_path / "cache", per_class=2,
+                             seed=1, progress=progress.append)
+    assert (full["images"], small["images"]) == (12, 4)
+    assert small["dataset"] == f"{tmp_path.name} (2 per class)" and small["subset"] == {"per_class": 2, "seed": 1}
+    assert small["per_class"]["red"]["queries"] == small["per_class"]["blue"]["queries"] == 2
+    assert small["robustness"]["sample"] == 3
+    assert small["timing"]["extraction"]["from_cache"]  # the subset's rows come from the full set's vectors
+
+
+class ChannelEngine(MeanColourEngine):
+    """The mean of one colour channel, scaled: alone it cannot tell colours apart along the other two."""
+
+    dim = 1
+
+    def __init__(self, channel: int, scale: float):
+        super().__init__()
+        self.channel, self.scale = channel, scale
+        self.name = f"channel{channel}"
+
+    def _extract(self, batch):
+        return self.scale * batch[..., self.channel].reshape(len(batch), -1).mean(axis=1, keepdims=True)
+
+
+def test_concatenated_engine_joins_each_parts_unit_vectors(tmp_path):
+    for i, colour in enumerate([(250, 10, 10), (10, 250, 10), (240, 20, 10)]):
+        _write_image(tmp_path / "x" / f"{i}.png", colour)
+    paths, _ = read_labelled_folder(tmp_path)
+    both = ConcatenatedEngine([MeanColourEngine(), ChannelEngine(1, scale=100.0)])
+    assert (both.name, both.dim, both.metric) == ("mean-colour+channel1", 4, "cosine")
+    assert both.model_id == "mean-colour+channel1-none+none-cosine"
+    vectors = both.extract(np.stack([both.prepare(Image.open(path).convert("RGB")) for path in paths]))
+    # Each part at unit length, scaled so the whole vector is: cosines are the mean of the parts' cosines.
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(vectors[:, :3], axis=1), np.sqrt(0.5), rtol=1e-6)
+    np.testing.assert_allclose(vectors[:, 3], np.sqrt(0.5), rtol=1e-6)  # one dimension: the scale does not matter
+    # evaluate joins the parts' own cached features, and gets what the engine computes.
+    joined, timing = features_of(both, tmp_path, paths, tmp_path / "cache", batch_size=2)
+    np.testing.assert_allclose(joined, vectors, atol=1e-6)
+    assert timing["images"] == 3 and len(timing["parts"]) == 2
+    assert dataset_features(MeanColourEngine(), tmp_path, paths, tmp_path / "cache")[1]["from_cache"]
+    with pytest.raises(ValueError, match="cosine"):
+        ConcatenatedEngine([MeanColourEngine()])
 
 
 def _toy_colour_set(root):
@@ -270,8 +367,24 @@ def test_evaluate_command_writes_json_markdown_and_chart(tmp_path, capsys):
     markdown = (out / "evaluation.md").read_text()
     assert "| toy | color-none-chi2 | none | 5 | 2 | 0.800 | 0.160 | 0.783 |" in markdown
     assert "## Near-duplicate recall@1" in markdown and "| red |" in markdown
+    assert "| dataset | engine | post-processing | blur |" in markdown  # the wider set has its own table
     assert markdown in capsys.readouterr().out
     assert (out / "precision_at_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_command_measures_small_libraries_and_concatenations(tmp_path, capsys):
+    from imgsearch.cli import main
+
+    _toy_colour_set(tmp_path / "toy")
+    out = tmp_path / "out"
+    code = main(["evaluate", str(tmp_path / "toy"), "--engine", "color", "--per-class", "2", "--robustness", "0",
+                 "--out", str(out), "--cache", str(tmp_path / "cache")])
+    assert code == 0
+    (run,) = json.loads((out / "evaluation.json").read_text())["runs"]
+    assert run["images"] == 4 and run["dataset"] == "toy (2 per class)"
+    # `color` ranks by chi-squared, so it cannot be joined as a unit vector.
+    assert main(["evaluate", str(tmp_path / "toy"), "--engine", "color+color", "--out", str(out), "--no-cache"]) == 2
+    assert "cosine" in capsys.readouterr().err
 
 
 def test_evaluate_command_refuses_an_unlabelled_folder(tmp_path, capsys):

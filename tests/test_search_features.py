@@ -31,8 +31,9 @@ def library(tmp_path_factory, cache_dir) -> Path:
 
 @pytest.fixture(scope="module")
 def client(library, cache_dir):
+    # Plain cosine ranking (no query expansion), so a filtered list keeps the unfiltered list's order.
     settings = Settings(data_dir=library, cache_dir=cache_dir, model="efficientnet-lite0", watch_folder=False,
-                        rescan_seconds=0)
+                        rescan_seconds=0, query_expansion=0)
     app = build_app(settings, close_after_test=False)
     client = app.test_client()
     for name, colour, seed in (("mine_red.png", "red", 1), ("mine_blue.png", "blue", 2), ("mine_green.jpg", "green", 3),
@@ -263,6 +264,7 @@ def test_the_command_line_searches_by_words_region_and_feedback(tmp_path, capsys
     code, out, _ = imgsearch("search", tmp_path / "pair.jpg", "--folder", folder, "--engine", "efficientnet-lite0",
                              "--box", "0.5,0,0.5,1", "-k", "1")
     assert code == 0 and out.splitlines()[-1].endswith("ladybird_on_a_stem.jpg")
+    assert out.startswith("ordered by query expansion (IMAGE_SEARCH_QUERY_EXPANSION=5)")  # the default says so
 
     code, out, _ = imgsearch("search", "--folder", folder, "--engine", "efficientnet-lite0",
                              "--like", "mountains_aitzgorri.jpg", "-k", "1")

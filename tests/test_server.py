@@ -80,7 +80,7 @@ def test_offline_fallback_is_announced(data_dir, cache_dir, tmp_path):
     server = LiveServer(data_dir, env, cache_dir).start()
     try:
         status = requests.get(server.url + "/api/status", timeout=10).json()
-        assert status["model"] == "efficientnet-lite0" and status["fallback"] is True
+        assert status["model"] == "efficientnet-lite1" and status["fallback"] is True
         assert "ResNet50" in status["fallback_reason"] or "resnet50" in status["fallback_reason"]
         assert status["indexed"] == 6
         assert "Falling back to the offline model" in server.output()

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import LiveServer, make_image, make_library
 from imgsearch import cli
 from imgsearch.engines.custom import MODEL_INFO, CustomKerasEngine, read_model_info
-from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine
+from imgsearch.engines.efficientnet_lite import EfficientNetLiteEngine
 from imgsearch.extraction import prepare_file
 from imgsearch.training import split_classes
 
@@ -104,7 +104,7 @@ def test_served_vectors_are_the_trained_embedding_of_the_base_features(trained, 
 
     model, *_ = trained
     engine = CustomKerasEngine(str(model), cache_dir=cache_dir).load()
-    base = EfficientNetLite0Engine(cache_dir=cache_dir).load()
+    base = EfficientNetLiteEngine(cache_dir=cache_dir).load()
     assert engine.runtime == "onnxruntime" and engine.dim == 256
     images = [make_image(color, size=SIZE, shape=shape, seed=99) for color, shape in CLASSES.values()]
     prepared = np.stack([prepare_file(engine, image) for image in images])
@@ -146,7 +146,7 @@ def test_fine_tuning_trains_the_top_blocks_only(dataset, features_cache, cache_d
     assert "fine-tuned: stopped after 3 epochs" in out and "top blocks fine-tuned" in out
     assert list(read_model_info(model)["training"]["stages"]) == ["head", "fine-tuned"]
     tuned = keras.models.load_model(model, compile=False).get_layer("efficientnet_lite0")
-    original = base_backbone(EfficientNetLite0Engine(cache_dir=cache_dir))
+    original = base_backbone(EfficientNetLiteEngine(cache_dir=cache_dir))
     changed = {layer.name for layer in original.layers if layer.weights and not all(
         np.array_equal(a, b) for a, b in zip(layer.get_weights(), tuned.get_layer(layer.name).get_weights()))}
     assert {"block14_project_conv", "block15_expand_conv", "head_conv"} <= changed

