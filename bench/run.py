@@ -18,11 +18,11 @@ if __package__ in (None, ""):
     # Run as `python bench/run.py`: import the bench package, not this folder's modules as top-level names.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import extraction, http_search, search, startup_memory  # noqa: E402
+from bench import catalogue, extraction, http_search, search, startup_memory  # noqa: E402
 from bench.common import machine_info, peak_gflops, write_photos  # noqa: E402
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
-SECTIONS = ("extraction", "search", "http", "startup_memory")
+SECTIONS = ("extraction", "search", "http", "startup_memory", "catalogue")
 
 MODES = {
     "full": {
@@ -89,6 +89,7 @@ def run(mode: str, output: Path, sections: tuple[str, ...] = SECTIONS) -> dict:
                                             plan["throughput_requests"]),
             "startup_memory": lambda: startup_memory.run(plan["store_model"], plan["store_n"], workdir,
                                                          plan["store_searches"]),
+            "catalogue": lambda: catalogue.run(catalogue.PLANS[mode], workdir),
         }
         for name in sections:
             section_start = time.perf_counter()

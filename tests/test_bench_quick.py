@@ -11,7 +11,7 @@ import sys
 
 from conftest import PROJECT_DIR
 
-SECTIONS = {"extraction", "search", "http", "startup_memory"}
+SECTIONS = {"extraction", "search", "http", "startup_memory", "catalogue"}
 ROW_KEYS = {"section", "metric", "unit", "ours", "baseline", "speedup", "higher_is_better", "target", "target_met"}
 
 
@@ -25,7 +25,8 @@ def test_smoke_run_writes_every_section(tmp_path, cache_dir):
     assert results["mode"] == "smoke"
     assert set(results["sections"]) == SECTIONS
     assert {"cpu", "cores", "peak_fp32_gflop_s"} <= set(results["machine"])
-    assert {row["section"] for row in results["rows"]} == {"extraction", "search", "http", "startup", "memory"}
+    assert {row["section"] for row in results["rows"]} == {"extraction", "search", "http", "startup", "memory",
+                                                          "catalogue"}
     for row in results["rows"]:
         assert ROW_KEYS <= set(row)
     assert "seed-style" in completed.stdout
