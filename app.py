@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=8, help="request threads of the waitress server")
     parser.add_argument("--dev", action="store_true", help="use Flask's development server instead of waitress")
     args = parser.parse_args(argv)
-    settings = Settings.from_env(host=args.host, port=args.port)
+    try:
+        settings = Settings.from_env(host=args.host, port=args.port)
+    except ValueError as exc:
+        parser.error(str(exc))  # one line and exit code 2, before anything loads
     if args.threads < settings.max_streams + 2:
         parser.error(f"--threads must be at least IMAGE_SEARCH_MAX_STREAMS + 2 ({settings.max_streams + 2}), "
                      "so that progress streams cannot hold every thread")

@@ -190,7 +190,9 @@ def result_row(section: str, metric: str, unit: str, ours: float | None, baselin
 
 
 def machine_info() -> dict:
-    import tensorflow as tf
+    from imgsearch.engines.runtime import import_tensorflow
+
+    tf = import_tensorflow()  # its start-up messages kept off the table's terminal, as in the app
 
     model_name = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                        if line.startswith("model name")), platform.processor())
@@ -324,6 +326,14 @@ class PostgresServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def app_env(model: str, extra_env: dict[str, str] | None = None) -> dict[str, str]:
+    """The settings the benchmarks serve `model` with: Keras networks on random weights."""
+    env = {"IMAGE_SEARCH_MODEL": model, "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    if model in ("resnet50", "vgg16", "mobilenetv2"):
+        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    return env
+
+
 def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, threads: int | None = None,
                extra_env: dict[str, str] | None = None) -> ServerProcess:
     """`python app.py` (waitress) or `python app.py --dev` on the given data folder."""
@@ -332,11 +342,16 @@ def app_server(data_dir: Path, model: str, log_path: Path, dev: bool = False, th
         command.append("--dev")
     if threads:
         command += ["--threads", str(threads)]
-    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": model,
-           "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(extra_env or {})}
-    if model in ("resnet50", "vgg16", "mobilenetv2"):
-        env["IMAGE_SEARCH_WEIGHTS"] = "random"
+    env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), **app_env(model, extra_env)}
     return ServerProcess(command, env, log_path, "/api/check-features")
+
+
+def prepare_graphs(env: dict[str, str]) -> float:
+    """Seconds `python -m imgsearch prepare` takes to export (or find) the graph the settings in `env` use."""
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "imgsearch", "prepare"], cwd=PROJECT_DIR, env={**os.environ, **env},
+                   check=True, capture_output=True)
+    return time.perf_counter() - start
 
 
 def seed_server(data_dir: Path, model: str, log_path: Path) -> ServerProcess:

@@ -31,14 +31,13 @@ if __package__ in (None, ""):
 
 from imgsearch.config import Settings  # noqa: E402
 from imgsearch.engines.efficientnet_lite import (  # noqa: E402
-    INPUT_SIZE,
     INPUT_TRANSFORM,
     EfficientNetLite0Engine,
     assign_weights,
     build_backbone,
     load_converted,
 )
-from imgsearch.engines.onnx_runtime import load_runner, probe_pixels  # noqa: E402
+from imgsearch.engines.onnx_runtime import export, session_runner  # noqa: E402
 from imgsearch.evaluate import read_labelled_folder  # noqa: E402
 from imgsearch.extraction import prepare_file  # noqa: E402
 from imgsearch.tagging import NO_TAG, TAG_FLOOR, TAGS_PER_IMAGE, rank_by_text, top_tags  # noqa: E402
@@ -80,9 +79,7 @@ def head_cost(engine: EfficientNetLite0Engine, paths: list[Path], probabilities:
     layers = load_converted(engine.cache_path)
     backbone = build_backbone()
     assign_weights(backbone, layers)
-    runner = load_runner(backbone, INPUT_TRANSFORM, probe_pixels(INPUT_SIZE))
-    if runner is None:
-        return {"head": "ONNX Runtime did not take the backbone"}
+    runner = session_runner(export(backbone, INPUT_TRANSFORM))
     features, backbone_seconds = [], 0.0
     with ThreadPoolExecutor(2) as pool:
         for start in range(0, len(paths), batch_size):

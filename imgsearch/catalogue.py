@@ -205,7 +205,7 @@ class Catalogue:
                                          f"of the app (schema {version}, this one knows {SCHEMA_VERSION}).")
         except sa.exc.OperationalError as exc:
             raise CatalogueError(f"Cannot open the catalogue at {describe_url(self.url)}: {exc.orig}") from None
-        with self._lock, self._read() as conn:
+        with self._lock, self.reading() as conn:
             self._load_records(conn)
         return self
 
@@ -222,8 +222,8 @@ class Catalogue:
             self._listeners.remove(listener)
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sa.Connection]:
-        """A read transaction that sees one consistent snapshot."""
+    def reading(self) -> Iterator[sa.Connection]:
+        """A read transaction that sees one consistent snapshot (loading an engine's vectors, say)."""
         conn = self._engine.connect()
         if self.backend == "postgresql":
             conn = conn.execution_options(isolation_level="REPEATABLE READ")
@@ -232,12 +232,6 @@ class Catalogue:
                 yield conn
         finally:
             conn.close()
-
-    @contextlib.contextmanager
-    def reading(self) -> Iterator[sa.Connection]:
-        """A consistent read snapshot, for loading an engine's vectors."""
-        with self._read() as conn:
-            yield conn
 
     def _load_records(self, conn: sa.Connection) -> None:
         self._seen_seq = _number(conn, CHANGE_COUNTER)
@@ -263,7 +257,7 @@ class Catalogue:
         return self._names_by_hash.get(sha256)
 
     def read_state(self, key: str) -> str | None:
-        with self._read() as conn:
+        with self.reading() as conn:
             return conn.execute(sa.select(state.c.text).where(state.c.key == key)).scalar()
 
     # ----- writing -----------------------------------------------------------------------------
@@ -305,7 +299,7 @@ class Catalogue:
 
     def poll(self) -> int:
         """Apply what other processes changed since the last poll; returns how many names changed."""
-        with self._lock, self._read() as conn:
+        with self._lock, self.reading() as conn:
             latest = _number(conn, CHANGE_COUNTER)
             if latest == self._seen_seq:
                 return 0
@@ -322,9 +316,12 @@ class Catalogue:
             if names:
                 found = {record.name: record for record in self._rows_of(conn, names)}
                 updated = {name: found.get(name) for name in names}
+                # Readers see images before their vectors arrive and after their vectors are gone, never the
+                # other way round: a search never returns an image that the gallery does not list.
+                self._apply_records({name: record for name, record in updated.items() if record is not None})
                 for listener in self._listeners:
                     listener.refresh(conn, names, updated)
-                self._apply_records(updated)
+                self._apply_records({name: record for name, record in updated.items() if record is None})
             self._seen_seq = latest
             return len(names)
 

@@ -10,6 +10,7 @@ A CommandError ends the command with its message on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -21,16 +22,21 @@ from tqdm import tqdm
 from .catalogue import Catalogue, CatalogueError, database_url, describe_url, model_dimensions, read_vectors
 from .config import Settings
 from . import evaluate
-from .engines import ENGINE_NAMES, get_engine, load_active_engine
+from .engines import ENGINE_NAMES, get_engine, get_tagger, load_active_engine
 from .engines.base import Engine, WeightsUnavailable
 from .extraction import read_image
+from .engines.keras_weights import forget_failed_downloads
+from .errors import RequestError
 from .imaging import ImageError, configure_decoding
 from .index.exact import ExactIndex
 from .library import Library
 from .persist import atomic_write_bytes
+from .query import MEDIA_TYPES, Box, Filters, rocchio
 from .retrieval import PostProcessing
+from .search import Searcher
 from .space import FeatureSpace
 from .sync import FileSource, FolderSource, Shard, SyncReport, reconcile, sync
+from .vocabulary import load as load_vocabulary
 
 STORE_DIR_NAME = ".imgsearch"
 CATALOGUE_FILE = "catalogue.db"
@@ -87,17 +93,17 @@ def open_catalogue(url: str) -> Catalogue:
         raise CommandError(str(exc)) from None
 
 
-def sync_with_progress(catalogue: Catalogue, space: FeatureSpace, source: FileSource, settings: Settings,
+def sync_with_progress(catalogue: Catalogue, spaces: list[FeatureSpace], source: FileSource, settings: Settings,
                        only=None) -> SyncReport:
     """The sync loop with a progress bar on stderr; skipped files are listed as they happen."""
-    with tqdm(unit="img", desc=space.engine.name, file=sys.stderr, dynamic_ncols=True) as bar:
+    with tqdm(unit="img", desc=spaces[0].engine.name, file=sys.stderr, dynamic_ncols=True) as bar:
         def progress(done: int, total: int, name: str | None, reason: str | None) -> None:
             if name:
                 bar.write(f"skipped {name}: {reason}", file=sys.stderr)
             bar.total = total
             bar.update(done - bar.n)
 
-        return sync(catalogue, space, source, batch_size=settings.batch_size, workers=settings.decode_workers,
+        return sync(catalogue, spaces, source, batch_size=settings.batch_size, workers=settings.decode_workers,
                     max_pixels=settings.max_image_pixels, progress=progress, only=only, retry_unreadable=True)
 
 
@@ -122,6 +128,13 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def box_spec(text: str) -> Box:
+    try:
+        return Box.parse(text)
+    except RequestError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+
+
 def shard_spec(text: str) -> Shard:
     try:
         return Shard.parse(text)
@@ -129,8 +142,10 @@ def shard_spec(text: str) -> Shard:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def query_name_in(folder: Path, query: str) -> frozenset[str]:
+def query_name_in(folder: Path, query: str | None) -> frozenset[str]:
     """The query's own name when it is one of the folder's images, so it is not its own first hit."""
+    if query is None:
+        return frozenset()
     try:
         return frozenset([Path(query).resolve().relative_to(folder.resolve()).as_posix()])
     except ValueError:
@@ -150,7 +165,8 @@ def run_index(args: argparse.Namespace) -> int:
     engine = load_engine(settings)
     catalogue = folder_catalogue(args, folder)
     space = exact_space(catalogue, engine)
-    report = sync_with_progress(catalogue, space, FolderSource(folder), settings,
+    spaces = [space] + ([exact_space(catalogue, get_tagger(settings))] if settings.tag_images else [])
+    report = sync_with_progress(catalogue, spaces, FolderSource(folder), settings,
                                 only=args.shard.holds if args.shard else None)
     print_summary(report, space, describe(catalogue))
     return 0
@@ -165,7 +181,7 @@ def run_merge(args: argparse.Namespace) -> int:
     folder = existing_folder(args.folder)
     target = folder_catalogue(args, folder)
     reconcile(target, FolderSource(folder))
-    copied = 0
+    copied: dict[str, int] = {}
     for source_name in args.sources:
         if "://" not in source_name and not Path(source_name).is_file():
             raise CommandError(f"there is no catalogue at {source_name}")
@@ -179,40 +195,73 @@ def run_merge(args: argparse.Namespace) -> int:
                             if (record := target.get(name)) is not None and record.stamp == stamp]
                     with target.write() as write:
                         write.put_vectors(model_id, [names[i] for i in rows], matrix[rows], [stamps[i] for i in rows])
-                    copied += len(rows)
+                    copied[model_id] = copied.get(model_id, 0) + len(rows)
         source.close()
-    print(f"{describe(target)}: copied {copied} vectors from {len(args.sources)} catalogue(s)")
+    print(f"{describe(target)}: copied from {len(args.sources)} catalogue(s): "
+          + (", ".join(f"{count} {model_id} vectors" for model_id, count in sorted(copied.items())) or "nothing"))
     return 0
 
 
 def run_search(args: argparse.Namespace) -> int:
     folder = existing_folder(args.folder)
     settings = load_settings(args)
+    if args.query is None and not args.text and not args.like:
+        raise CommandError("give a QUERY_IMAGE, --text words, or --like images of the folder")
     engine = load_engine(settings)
-    try:
-        read = read_image(Path(args.query), engine.input_size, settings.max_image_pixels)
-    except ImageError as exc:
-        raise CommandError(f"{args.query}: {exc.message}") from None
-    except OSError as exc:
-        raise CommandError(f"{args.query}: {exc.strerror or exc}") from None
+    vector = None
+    if args.query is not None:
+        try:
+            image = read_image(Path(args.query), engine.input_size, settings.max_image_pixels).image
+            vector = engine.extract(engine.prepare(args.box.crop(image) if args.box else image)[None])[0]
+        except ImageError as exc:
+            raise CommandError(f"{args.query}: {exc.message}") from None
+        except OSError as exc:
+            raise CommandError(f"{args.query}: {exc.strerror or exc}") from None
     catalogue = folder_catalogue(args, folder)
     space = exact_space(catalogue, engine)
     if not len(space.store):
         raise CommandError(f"no {engine.model_id} features in {describe(catalogue)}; "
                            f"run `python -m imgsearch index {folder} --engine {settings.model}` first")
-    vector = engine.extract(engine.prepare(read.image)[None])
-    hits = space.index.search(vector, args.k, query_name_in(folder, args.query))[0]
+    tags = exact_space(catalogue, get_tagger(settings)) if settings.tag_images else None
+    searcher = Searcher(catalogue, tags, load_vocabulary, settings.query_expansion)
+    try:
+        words = searcher.vocabulary.match(args.text) if args.text else None
+        if args.like or args.unlike:
+            vector = rocchio(vector, *[[feedback_vector(space, name) for name in names]
+                                       for names in (args.like, args.unlike)])
+        exclude = query_name_in(folder, args.query) | frozenset(args.like) | frozenset(args.unlike)
+        if vector is None:
+            hits = searcher.by_text(words, args.k, exclude, searcher.allowed(args.filters))
+        else:
+            hits = searcher.by_vector(space, vector, args.k, exclude, searcher.allowed(args.filters, words))
+    except RequestError as exc:
+        raise CommandError(exc.message) from None
     if args.json:
         print(json.dumps({
-            "query": str(args.query), "folder": str(folder), "model_id": engine.model_id, "metric": engine.metric,
+            "query": None if args.query is None else str(args.query), "folder": str(folder),
+            "model_id": engine.model_id if vector is not None else tags.model_id,
+            "metric": engine.metric if vector is not None else "tags",
+            "matched": None if words is None else [{"text": term.text, "concepts": [c.name for c in term.concepts]}
+                                                   for term in words.terms],
             "results": [{"rank": rank, "score": round(score, 6), "name": name, "path": str(folder / name)}
                         for rank, (name, score) in enumerate(hits, 1)],
         }, indent=2))
     else:
+        if words is not None:
+            print("words: " + "; ".join(f"{term.text} = {', '.join(c.name for c in term.concepts)}"
+                                        for term in words.terms)
+                  + (f" (not known: {', '.join(words.unmatched)})" if words.unmatched else ""))
         print(f"{'rank':>4}  {'score':<6}  path")
         for rank, (name, score) in enumerate(hits, 1):
             print(f"{rank:>4}  {score:.4f}  {folder / name}")
     return 0
+
+
+def feedback_vector(space: FeatureSpace, name: str):
+    vector = space.store.vector(name)
+    if vector is None:
+        raise CommandError(f"{name} is not an indexed image of the folder")
+    return vector
 
 
 def run_originals(args: argparse.Namespace) -> int:
@@ -232,12 +281,13 @@ def run_originals(args: argparse.Namespace) -> int:
         raise CommandError(f"{manifest} does not exist; whoever ships the originals creates it with --init")
     engine = load_engine(settings)
     catalogue = open_catalogue(database_url(settings.database, settings.data_dir))
-    space = FeatureSpace(catalogue, engine, lambda store: ExactIndex(store, engine.metric)).open()
+    space = exact_space(catalogue, engine)
+    spaces = [space] + ([exact_space(catalogue, get_tagger(settings))] if settings.tag_images else [])
 
     def wanted(name: str) -> bool:
         return library.is_original(name) and (args.shard is None or args.shard.holds(name))
 
-    report = sync_with_progress(catalogue, space, library, settings, only=wanted)
+    report = sync_with_progress(catalogue, spaces, library, settings, only=wanted)
     print_summary(report, space, describe(catalogue))
     return 0
 
@@ -268,6 +318,24 @@ def run_rebuild(args: argparse.Namespace) -> int:
         return 0 if described["consistent"] else 1
     finally:
         service.close()
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    settings = load_settings(args)
+    if args.retry_download:
+        forget_failed_downloads(settings.cache_dir)
+    for name in dict.fromkeys(args.engines or [settings.model]):
+        try:
+            engine = load_engine(dataclasses.replace(settings, model=name))
+        except ValueError as exc:  # the settings' own check, for this engine
+            raise CommandError(str(exc)) from None
+        print(f"{name}: {engine.model_id} runs on {engine.runtime}"
+              + (f", standing in: {engine.fallback_reason}" if engine.fallback_reason else ""))
+    if settings.tag_images:
+        tagger = get_tagger(settings)
+        print(f"tags: {tagger.model_id} runs on {tagger.runtime}")
+    print(f"exported graphs are cached in {settings.cache_dir / 'onnx'}")
+    return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -348,11 +416,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", parents=[engine_options, store_option],
                                  help="rank a folder's images by similarity to a query image")
-    search.add_argument("query", metavar="QUERY_IMAGE",
+    search.add_argument("query", metavar="QUERY_IMAGE", nargs="?",
                         help="an image file; when it is inside FOLDER it is left out of its own results")
     search.add_argument("--folder", required=True, help="the folder indexed with `index`")
     search.add_argument("-k", type=positive_int, default=3, help="number of results (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print the results as JSON")
+    search.add_argument("--text", metavar="WORDS",
+                        help="words (ImageNet's 1000 concepts and their WordNet names): alone they rank by tags, "
+                             "with a QUERY_IMAGE they keep only the results that carry them")
+    search.add_argument("--box", type=box_spec, metavar="X,Y,W,H",
+                        help="search by this region of QUERY_IMAGE, as fractions of its width and height")
+    search.add_argument("--like", action="append", default=[], metavar="NAME",
+                        help="an image of the folder to move towards (repeatable)")
+    search.add_argument("--unlike", action="append", default=[], metavar="NAME",
+                        help="an image of the folder to move away from (repeatable)")
+    search.add_argument("--tag", help="only images tagged with this tag or word")
+    search.add_argument("--type", dest="media_type", choices=MEDIA_TYPES, help="only images of this file type")
+    search.add_argument("--taken-from", metavar="YYYY-MM-DD", help="only images taken on or after this day")
+    search.add_argument("--taken-to", metavar="YYYY-MM-DD", help="only images taken on or before this day")
     search.set_defaults(run=run_search)
 
     originals = commands.add_parser(
@@ -368,6 +449,20 @@ def build_parser() -> argparse.ArgumentParser:
     rebuild = commands.add_parser("rebuild", parents=[engine_options],
                                   help="rebuild the app's vector index from its catalogue")
     rebuild.set_defaults(run=run_rebuild)
+
+    prepare = commands.add_parser(
+        "prepare", help="export and check the engines' ONNX graphs now, so the app starts without TensorFlow",
+        description="Build each engine once: its Keras model is exported to ONNX, checked against Keras and "
+                    "cached in IMAGE_SEARCH_CACHE_DIR, so the app and the other commands then run it without "
+                    "loading TensorFlow. The engines' variants come from the settings. ImageNet weights that "
+                    "cannot be had are remembered for a day, and the offline model is prepared in their place.")
+    prepare.add_argument("--engine", dest="engines", action="append", metavar="NAME",
+                         help=f"engine to prepare, repeatable: {', '.join(ENGINE_NAMES)} "
+                              "(default: IMAGE_SEARCH_MODEL, else resnet50)")
+    prepare.add_argument("--weights", metavar="W", help="Keras engines: imagenet, a weights file, or random")
+    prepare.add_argument("--retry-download", action="store_true",
+                         help="try downloading ImageNet weights again now, even if it failed within the last day")
+    prepare.set_defaults(run=run_prepare)
 
     evaluation = commands.add_parser(
         "evaluate", help="measure retrieval quality on labelled image folders",
@@ -411,7 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.run is run_search:
+        try:
+            args.filters = Filters.parse({"tag": args.tag, "type": args.media_type,
+                                          "taken_from": args.taken_from, "taken_to": args.taken_to})
+        except RequestError as exc:
+            parser.error(exc.message)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     try:
         return args.run(args)

@@ -49,7 +49,7 @@ class Settings:
     )
     runtime: str = _field(
         "onnxruntime", "IMAGE_SEARCH_RUNTIME",
-        "What runs the CNN: `onnxruntime` (its Keras graph exported at startup and checked against Keras; faster on CPU) or `tensorflow`. Falls back to TensorFlow for layers it cannot export.",
+        "What runs the CNN: `onnxruntime` (its Keras graph exported once, checked against Keras and cached, then run without loading TensorFlow; faster and smaller) or `tensorflow`. Falls back to TensorFlow for what it cannot export (GeM pooling, `bfloat16`, some custom layers).",
     )
     feature_pooling: str = _field(
         "avg", "IMAGE_SEARCH_FEATURE_POOLING",
@@ -80,13 +80,22 @@ class Settings:
         True, "IMAGE_SEARCH_WATCH",
         "`1` notices images copied into or removed from `images/` by hand as they happen; `0` relies on the rescan.",
     )
+    tag_images: bool = _field(
+        True, "IMAGE_SEARCH_TAGS",
+        "`1` tags every image with its likeliest ImageNet classes when it is indexed, for searching by words and "
+        "filtering by tag (about 12 ms per image more); `0` turns words and tags off.",
+    )
     rescan_seconds: float = _field(
         300.0, "IMAGE_SEARCH_RESCAN_SECONDS",
         "Seconds between rescans of `images/` for changes the watcher cannot see (network file systems); `0` is off.",
     )
     cache_dir: Path = _field(
         Path.home() / ".cache" / "image-search", "IMAGE_SEARCH_CACHE_DIR",
-        "Where converted model weights are cached.",
+        "Where converted model weights, exported ONNX graphs and failed weight downloads (retried after a day) are remembered; safe to delete.",
+    )
+    keras_home: Path = _field(
+        Path.home() / ".keras", "KERAS_HOME",
+        "Keras's own folder: the ImageNet weights of `resnet50`, `vgg16` and `mobilenetv2` are looked for, and downloaded to, its `models/`.",
     )
     index: str = _field(
         "exact", "IMAGE_SEARCH_INDEX",
@@ -135,7 +144,8 @@ class Settings:
     )
     default_k: int = _field(6, "IMAGE_SEARCH_DEFAULT_K", "Results returned when a search does not give `k`.")
     max_k: int = _field(100, "IMAGE_SEARCH_MAX_K", "Upper bound on `k` for one search.")
-    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL", "Python logging level.")
+    log_level: str = _field("INFO", "IMAGE_SEARCH_LOG_LEVEL",
+                            "Python logging level; `DEBUG` also shows TensorFlow's start-up messages.")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> "Settings":
@@ -152,6 +162,7 @@ class Settings:
     def __post_init__(self):
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         object.__setattr__(self, "cache_dir", Path(self.cache_dir))
+        object.__setattr__(self, "keras_home", Path(self.keras_home))
         if self.max_streams < 1:
             raise ValueError("IMAGE_SEARCH_MAX_STREAMS must be at least 1")
         if self.max_decodes < 1:
@@ -163,6 +174,10 @@ class Settings:
         if any(name.startswith("custom:") for name in self.search_engine_names):
             # A model file can run code when loaded; only IMAGE_SEARCH_MODEL may name one.
             raise ValueError("IMAGE_SEARCH_SEARCH_ENGINES cannot list custom: models")
+
+        from .engines import check_settings  # the engines know their options; they import this module
+
+        check_settings(self)
 
     @property
     def search_engine_names(self) -> tuple[str, ...]:
@@ -220,6 +235,8 @@ def documented_settings() -> list[tuple[str, str, str]]:
             default = "the project folder"
         elif field.name == "cache_dir":
             default = "~/.cache/image-search"
+        elif field.name == "keras_home":
+            default = "~/.keras"
         elif isinstance(default, bool):
             default = int(default)
         elif default == "":

@@ -38,7 +38,7 @@ from .ranking import similarities
 from .retrieval import PostProcessing, Retrieval
 from .space import FeatureSpace
 from .store import Snapshot
-from .sync import file_stamp, sync
+from .sync import FolderSource, sync
 
 LABELS_FILE = "labels.csv"
 CURVE_DEPTH = 50
@@ -154,29 +154,6 @@ def ranking_metrics(scorer: Scorer, labels: Sequence[str], ks: Sequence[int] = (
 Transform = Callable[[Image.Image], Image.Image]
 
 
-class ListedFiles:
-    """A labelled folder's files as the sync loop sees them: exactly the listed names under `root`."""
-
-    def __init__(self, root: Path, names: Sequence[str]):
-        self.root = Path(root)
-        self.names = list(names)
-
-    def scan_stamps(self) -> dict[str, tuple[int, int]]:
-        stamps = {}
-        for name in self.names:
-            try:
-                stamps[name] = file_stamp(self.root / name)
-            except OSError:
-                continue
-        return stamps
-
-    def path_of(self, name: str) -> Path:
-        return self.root / name
-
-    def is_original(self, name: str) -> bool:
-        return False
-
-
 def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_dir: Path | None, batch_size: int = 32,
                      transform_name: str = "") -> tuple[np.ndarray, dict]:
     """Vectors of `paths` (each image edited by the named transform first, if any), in their order, and the
@@ -197,7 +174,7 @@ def dataset_features(engine: Engine, root: Path, paths: Sequence[Path], cache_di
         space = FeatureSpace(catalogue, engine, lambda store: ExactIndex(store, engine.metric), model_id).open()
         wanted = set(names)
         began = time.perf_counter()
-        report = sync(catalogue, space, ListedFiles(root, names), batch_size=batch_size, only=wanted.__contains__,
+        report = sync(catalogue, space, FolderSource(root, names), batch_size=batch_size, only=wanted.__contains__,
                       retry_unreadable=True, transform=TRANSFORMS[transform_name] if transform_name else None)
         seconds = time.perf_counter() - began
         if report.failures:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterable
@@ -11,11 +13,14 @@ from werkzeug.security import safe_join
 from werkzeug.utils import secure_filename
 
 from . import imaging
-from .persist import FILE_MODE, fsync_dir, remove_temp_files
+from .persist import FILE_MODE, fsync_dir, remove_stale, remove_temp_files
 
 log = logging.getLogger(__name__)
 
 MAX_NAME_LENGTH = 120
+# A staged upload or thumbnail this old was left by a process that died: no write takes this long.
+ABANDONED_AFTER = 600
+STAGED_BY = re.compile(r"^\.upload-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
 # Device names on Windows whatever the extension (a copy of the library there could not hold them), and
 # names starting with "-", which command-line tools read as options (`rm ---rf.png`), get this prefix.
 WINDOWS_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{n}" for n in range(1, 10)),
@@ -97,7 +102,7 @@ class Library:
 
     def stage_upload(self, data: bytes) -> Path:
         """Write upload bytes to the staging folder and sync them; `link_upload` then gives them a name."""
-        fd, staged = tempfile.mkstemp(prefix=".upload-", dir=self.staging_dir)
+        fd, staged = tempfile.mkstemp(prefix=f".upload-{socket.gethostname()}-{os.getpid()}-", dir=self.staging_dir)
         os.fchmod(fd, FILE_MODE)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -151,11 +156,23 @@ class Library:
         return cached
 
     def remove_abandoned_files(self) -> int:
-        """Staged uploads and half-written thumbnails of a process that was killed; call before serving."""
-        staged = list(self.staging_dir.glob(".upload-*"))
-        for path in staged:
-            path.unlink(missing_ok=True)
-        return len(staged) + remove_temp_files(self.thumbnails_dir)
+        """Staged uploads and half-written thumbnails that a killed process left; call before serving.
+
+        Other servers may share the folder and be writing right now, so a staged upload goes only when the
+        process that staged it (named in the file's name) is gone, or, staged on another machine, after
+        ABANDONED_AFTER seconds; thumbnails' temporary files after ABANDONED_AFTER seconds too.
+        """
+        host = socket.gethostname()
+        mine, elsewhere = [], []
+        for path in self.staging_dir.glob(".upload-*"):
+            staged_by = STAGED_BY.match(path.name)
+            if staged_by and staged_by["host"] == host:
+                if not _process_alive(int(staged_by["pid"])):
+                    mine.append(path)
+            else:
+                elsewhere.append(path)
+        return (remove_stale(mine, 0) + remove_stale(elsewhere, ABANDONED_AFTER)
+                + remove_temp_files(self.thumbnails_dir, ABANDONED_AFTER))
 
     def remove_orphan_thumbnails(self) -> int:
         removed = 0
@@ -164,6 +181,21 @@ class Library:
                 thumb.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def natural_key(name: str) -> tuple:
+    """Sort key that orders numbers by value: "IMG_2.jpg" before "IMG_10.jpg", whatever the case."""
+    return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name.casefold()))
 
 
 def read_manifest(path: Path) -> list[str]:

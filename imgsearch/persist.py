@@ -4,8 +4,9 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
 # mkstemp makes owner-only files; saved state should be as readable as any file the user writes.
 FILE_MODE = 0o644
@@ -41,15 +42,26 @@ def atomic_write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
         writer(handle)
 
 
-def remove_temp_files(directory: Path) -> int:
+def remove_temp_files(directory: Path, older_than: float = 0.0) -> int:
     """Delete the temporary files of atomic writes that a killed process never finished.
 
-    The files they were meant to replace are intact. Only safe while nothing else writes in `directory`.
+    The files they were meant to replace are intact. Only files last written `older_than` seconds ago or more
+    are touched, so that another process's write in progress is left alone.
     """
+    return remove_stale(Path(directory).glob(".*.tmp"), older_than)
+
+
+def remove_stale(paths: Iterable[Path], older_than: float) -> int:
+    """Delete the files among `paths` last modified at least `older_than` seconds ago; returns how many."""
     removed = 0
-    for temp in Path(directory).glob(".*.tmp"):
-        temp.unlink(missing_ok=True)
-        removed += 1
+    cutoff = time.time() - older_than
+    for path in paths:
+        try:
+            if path.stat().st_mtime <= cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            pass
     return removed
 
 

@@ -32,12 +32,14 @@ def similarities(snapshot: Snapshot, queries: np.ndarray, metric: str) -> np.nda
 
 
 def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: str,
-          exclude: frozenset[str] = frozenset()) -> list[list[tuple[str, float]]]:
+          exclude: frozenset[str] = frozenset(),
+          allowed: frozenset[str] | None = None) -> list[list[tuple[str, float]]]:
     """The k best (filename, similarity) pairs per query over all snapshots, best first.
 
     All queries go through one matrix product per snapshot. Each snapshot gives only its own best
     candidates, so a large library costs no (queries × rows) concatenation and no list of every name.
-    Ties are broken by snapshot order, then row order.
+    Ties are broken by snapshot order, then row order. With `allowed`, only those names can be returned:
+    the others are masked before the top-k cut.
     """
     queries = np.atleast_2d(np.asarray(queries, np.float32))
     total = sum(len(snapshot) for snapshot in snapshots)
@@ -52,6 +54,8 @@ def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: 
         scores = similarities(snapshot, queries, metric)
         if len(snapshot.dead):
             scores[:, snapshot.dead] = -np.inf  # deleted images
+        if allowed is not None:
+            scores[:, [row for row, name in enumerate(snapshot.names) if name not in allowed]] = -np.inf
         if wanted < n:
             rows = np.argpartition(scores, n - wanted, axis=1)[:, n - wanted:]
         else:
@@ -63,6 +67,7 @@ def top_k(snapshots: tuple[Snapshot, ...], queries: np.ndarray, k: int, metric: 
                 for number, names, rows, scores in candidates
                 for row, score in zip(rows[q], scores[q])]
         pool.sort()
-        hits = [(name, -negative) for negative, _, _, name in pool if name is not None and name not in exclude]
+        hits = [(name, -negative) for negative, _, _, name in pool
+                if name is not None and name not in exclude and negative != np.inf]
         results.append(hits[:k])
     return results

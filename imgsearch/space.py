@@ -150,6 +150,3 @@ class FeatureSpace:
                 work.sort(key=lambda record: (not record.is_original, record.name))
                 self._pending_cache = (key, [record.name for record in work])
             return self._pending_cache[1]
-
-    def is_complete(self) -> bool:
-        return not self.pending()

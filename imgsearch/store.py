@@ -38,10 +38,6 @@ class Snapshot:
     def __len__(self) -> int:
         return len(self.names)
 
-    @property
-    def live(self) -> int:
-        return len(self.names) - len(self.dead)
-
     def live_rows(self) -> np.ndarray:
         """Row numbers of the images present, in order."""
         if not len(self.dead):

@@ -21,7 +21,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Callable, Iterator, Protocol
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 from PIL import Image
 
@@ -112,42 +112,49 @@ def _row_for(record: ImageRecord | None, name: str, stamp: Stamp, is_original: b
     return ImageRecord(name, is_original, stamp[0], stamp[1])
 
 
-def sync(catalogue: Catalogue, space: FeatureSpace, source: FileSource, *, batch_size: int = 32, workers: int = 2,
-         max_pixels: int | None = None, progress: SyncProgress | None = None,
-         only: Callable[[str], bool] | None = None, retry_unreadable: bool = False,
+def sync(catalogue: Catalogue, spaces: FeatureSpace | Sequence[FeatureSpace], source: FileSource, *,
+         batch_size: int = 32, workers: int = 2, max_pixels: int | None = None,
+         progress: SyncProgress | None = None, only: Callable[[str], bool] | None = None,
+         retry_unreadable: bool = False,
          transform: Callable[[Image.Image], Image.Image] | None = None) -> SyncReport:
-    """Reconcile the rows with the folder, then compute every pending vector of `space`.
+    """Reconcile the rows with the folder, then compute every pending vector of each space.
 
+    An image pending in several spaces (an engine's features and the tags, say) is read and decoded once.
     Files already known to be unreadable are tried again only with `retry_unreadable` (or once changed).
     """
+    spaces = [spaces] if isinstance(spaces, FeatureSpace) else list(spaces)
     report = reconcile(catalogue, source, only)
     progress = progress or (lambda done, total, name, reason: None)
-    pending = [name for name in space.pending(retry_unreadable) if only is None or only(name)]
+    needed = [{name for name in space.pending(retry_unreadable) if only is None or only(name)} for space in spaces]
+    rank = {name: i for i, name in enumerate(name for space in spaces for name in space.pending(retry_unreadable))}
+    pending = sorted(set().union(*needed), key=rank.__getitem__)  # the spaces' own order: originals first
     total = len(pending)
     report.unchanged = sum(1 for record in catalogue.records() if (only is None or only(record.name))
-                           and space.store.stamp(record.name) == record.stamp)
+                           and record.name not in rank and record.error is None)
     done = 0
     progress(done, total, None, None)
-    batches = extract_files(space.engine, pending, source.path_of, batch_size, workers, max_pixels, transform)
+    batches = extract_files([space.engine for space in spaces], pending, source.path_of, batch_size, workers,
+                            max_pixels, transform, wanted=lambda name: [i for i, names in enumerate(needed)
+                                                                       if name in names])
     for batch in batches:
         with catalogue.write() as write:
             names = batch.names + [name for name, _ in batch.failures]
             rows = write.current(names)
             now = {name: current_stamp(source, name) for name in names}
-            stored, details = [], []
-            for row, (name, read) in enumerate(zip(batch.names, batch.reads)):
-                record = rows.get(name)
-                if record is not None and read.stamp == record.stamp == now[name]:
-                    stored.append(row)
-                    details.append(record.with_details(read.details))
-            space.put(write, [batch.names[row] for row in stored], batch.vectors[stored],
-                      [batch.reads[row].stamp for row in stored])
+            current = {row for row, (name, read) in enumerate(zip(batch.names, batch.reads))
+                       if name in rows and read.stamp == rows[name].stamp == now[name]}
+            for space, (computed_rows, vectors) in zip(spaces, batch.outputs):
+                keep = [i for i, row in enumerate(computed_rows) if row in current]
+                space.put(write, [batch.names[computed_rows[i]] for i in keep], vectors[keep],
+                          [batch.reads[computed_rows[i]].stamp for i in keep])
+            details = [rows[batch.names[row]].with_details(batch.reads[row].details) for row in sorted(current)]
             unreadable = [dataclasses.replace(rows[name], error=reason) for name, reason in batch.failures
                           if name in rows and now[name] == rows[name].stamp]
             write.put_records(details + unreadable)
-            space.drop(write, [record.name for record in unreadable if record.name in space.store])
+            for space in spaces:
+                space.drop(write, [record.name for record in unreadable if record.name in space.store])
             write.remove([name for name in names if name in rows and now[name] is None])  # deleted meanwhile
-        report.computed += len(stored)
+        report.computed += len(current)
         report.model_seconds += batch.model_seconds
         done += len(batch.names)
         progress(done, total, None, None)
@@ -164,14 +171,18 @@ def sync(catalogue: Catalogue, space: FeatureSpace, source: FileSource, *, batch
 
 
 class FolderSource:
-    """Every image under `root`, recursively, named by relative POSIX path; hidden files and folders skipped."""
+    """Every image under `root`, recursively, named by relative POSIX path; hidden files and folders skipped.
 
-    def __init__(self, root: Path):
+    With `names`, exactly those files under `root` (a labelled dataset's list, say).
+    """
+
+    def __init__(self, root: Path, names: Iterable[str] | None = None):
         self.root = Path(root)
+        self.names = None if names is None else list(names)
 
     def scan_stamps(self) -> dict[str, Stamp]:
         stamps = {}
-        for name in walk_images(self.root):
+        for name in walk_images(self.root) if self.names is None else self.names:
             try:
                 stamps[name] = file_stamp(self.root / name)
             except OSError:

@@ -20,7 +20,17 @@ from imgsearch.service import ImageSearchService
 from imgsearch.web import create_app
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-SHARED_DATASETS = PROJECT_DIR.parent / "shared" / "datasets"
+# The labelled evaluation sets are never part of the project: tests that need one find it here, or skip.
+DATASETS = Path(os.environ.get("IMAGE_SEARCH_TEST_DATASETS", PROJECT_DIR.parent / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    """The folder of a labelled evaluation set (corel1k, caltech101), or a skip that says how to supply it."""
+    folder = DATASETS / name
+    if not (folder / "labels.csv").is_file():
+        pytest.skip(f"the {name} dataset is not at {folder}: set IMAGE_SEARCH_TEST_DATASETS to the folder that "
+                    f"holds {name}/labels.csv (default: ../shared/datasets beside the project)")
+    return folder
 
 CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -88,10 +98,12 @@ def settings(data_dir, cache_dir) -> Settings:
 _open_services: list[ImageSearchService] = []
 
 
-def build_app(settings: Settings, wait: bool = True):
+def build_app(settings: Settings, wait: bool = True, close_after_test: bool = True):
+    """An app on a real service; it is closed after the test unless the caller closes it (a module's app)."""
     engine = get_engine(settings.model, settings)
     service = ImageSearchService(settings, engine).open()
-    _open_services.append(service)
+    if close_after_test:
+        _open_services.append(service)
     if wait and service.startup_job is not None:
         service.startup_job.thread.join()
     app = create_app(settings, service=service)

@@ -21,6 +21,9 @@ from PIL import Image
 
 from conftest import CHROMIUM, LiveServer, loopback_server, make_image, make_library
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 if not CHROMIUM.exists():
     pytest.skip("Chromium is not installed at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
@@ -92,13 +95,17 @@ def server(tmp_path_factory, cache_dir):
 
 @pytest.fixture(scope="module")
 def unwatched_server(tmp_path_factory, cache_dir):
-    """A library on a share the app cannot watch: files copied in by hand wait for "Generate Features"."""
+    """A library on a share the app cannot watch: files copied in by hand wait for "Generate Features".
+
+    It also orders results by query expansion, which the page must say.
+    """
     data_dir = _library(tmp_path_factory, "unwatched-library", ORIGINALS)
     live = LiveServer(data_dir, cache_dir=cache_dir, env={
         "IMAGE_SEARCH_MODEL": "efficientnet-lite0",
         "IMAGE_SEARCH_WEIGHTS": "random",
         "IMAGE_SEARCH_WATCH": "0",
         "IMAGE_SEARCH_RESCAN_SECONDS": "0",
+        "IMAGE_SEARCH_QUERY_EXPANSION": "3",
     }).start()
     live.data_dir = data_dir
     yield live
@@ -651,25 +658,69 @@ def test_startup_indexing_shows_in_the_status_line_until_ready(page, server):
     expect(page.locator("#status-line")).to_contain_text("images indexed")
 
 
-def test_first_run_empty_state_and_fallback_notice(page, server):
+# What a server without the ResNet50 weights says about itself (the real reason, with its unbroken URL).
+FALLBACK_REASON = (
+    "The ImageNet weights for resnet50 (resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5) are not in "
+    "/home/user/.keras/models and could not be downloaded (URL fetch failure on https://storage.googleapis.com/"
+    "tensorflow/keras-applications/resnet/resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5: None -- [Errno -2] "
+    "Name or service not known). Using the offline efficientnet-lite0 model instead.")
+
+
+def fallback_status(route):
+    """The real status, as a server that had to fall back would give it (the weights cannot be made to fail
+    to download on a machine that has them, nor to download on one without a network)."""
+    response = route.fetch()
+    body = response.json()
+    body.update(fallback=True, fallback_reason=FALLBACK_REASON, configured_model="resnet50")
+    route.fulfill(response=response, body=json.dumps(body))
+
+
+def assert_fits_the_screen(page):
+    width = page.evaluate("() => document.documentElement.scrollWidth")
+    assert width <= page.viewport_size["width"], f"the page is {width} px wide"
+
+
+def test_first_run_empty_state(page, server):
     empty = json.dumps({"images": [], "original_images": [], "pending": []})
-    page.route("**/api/images", lambda route: route.fulfill(status=200, content_type="application/json", body=empty))
-    reason = "ResNet50 ImageNet weights <b>are not</b> available offline."
-
-    def fallback_status(route):
-        response = route.fetch()
-        body = response.json()
-        body.update(fallback=True, fallback_reason=reason)
-        route.fulfill(response=response, body=json.dumps(body))
-
-    page.route("**/api/status", fallback_status)
+    page.route("**/api/images*", lambda route: route.fulfill(status=200, content_type="application/json", body=empty))
     open_app(page, server)
     expect(page.locator("#gallery-empty")).to_be_visible()
     expect(page.locator("#gallery-empty")).to_contain_text("Your library is empty")
     expect(page.locator("#gallery-grid > li")).to_have_count(0)
     expect(page.locator("#selection-bar")).to_be_hidden()
-    expect(page.locator("#fallback-notice")).to_be_visible()
-    expect(page.locator("#fallback-reason")).to_have_text(reason)
+
+
+def test_fallback_notice_says_which_model_why_and_how_and_can_be_dismissed(new_page, server):
+    phone = new_page(viewport={"width": 360, "height": 740})
+    phone.route("**/api/status", fallback_status)
+    open_app(phone, server)
+    notice = phone.locator("#fallback-notice")
+    expect(notice).to_be_visible()
+    expect(notice.locator("p").first).to_have_text(
+        "Searching with the offline model efficientnet-lite0, because this server could not get the ImageNet "
+        "weights of resnet50.", use_inner_text=True)
+    # The raw exception stays in /api/status and the log.
+    expect(notice).not_to_contain_text("Errno")
+    notice.get_by_text("How to get resnet50").click()
+    expect(notice).to_contain_text("python -m imgsearch prepare --engine resnet50 --retry-download")
+    expect(notice).to_contain_text("“Offline use”")
+    for tab in ("Gallery", "Search", "Duplicates"):
+        phone.get_by_role("tab", name=tab).click()
+        assert_fits_the_screen(phone)
+    screenshot(phone, "phone-fallback-notice")
+
+    notice.get_by_role("button", name="Dismiss this notice").click()
+    expect(notice).to_be_hidden()
+    # Gone for the rest of the session, reloads included...
+    phone.reload()
+    expect(phone.locator("#status-line")).to_contain_text("Model")  # drawn with the notice, from one status
+    expect(notice).to_be_hidden()
+    # ... but a new session hears it again.
+    desktop = new_page()
+    desktop.route("**/api/status", fallback_status)
+    open_app(desktop, server)
+    expect(desktop.locator("#fallback-notice")).to_be_visible()
+    assert_fits_the_screen(desktop)
 
 
 def test_tabs_keyboard_and_labels(page, server):
@@ -697,15 +748,31 @@ def test_tabs_keyboard_and_labels(page, server):
     assert outline not in ("", "none")
 
 
+def first_result_in_view(page) -> bool:
+    return page.locator("#results-grid > li").first.evaluate(
+        "li => { const box = li.getBoundingClientRect(); return box.top >= 0 && box.bottom <= innerHeight; }")
+
+
 def test_phone_width_and_dark_theme(new_page, server):
     phone = new_page(viewport={"width": 360, "height": 740})
     open_app(phone, server)
-    assert phone.evaluate("() => document.documentElement.scrollWidth") <= 360
+    assert_fits_the_screen(phone)
     screenshot(phone, "phone-gallery")
     card(phone, "blue_circle.png").get_by_role("button", name="Find similar to blue_circle.png").click()
     expect(phone.locator("#results-grid > li")).to_have_count(6)
-    assert phone.evaluate("() => document.documentElement.scrollWidth") <= 360
+    # The results start below the picker: the page brings them up.
+    assert first_result_in_view(phone)
+    assert_fits_the_screen(phone)
     screenshot(phone, "phone-search")
+
+    # A name with no place to break, as a query caption, a toast and an upload row.
+    long_name = f"{'x' * 150}.png"
+    phone.evaluate("() => window.scrollTo(0, 0)")
+    phone.get_by_role("tab", name="Upload Image", exact=True).click()
+    phone.locator("#query-input").set_input_files(file_payload(long_name, image_bytes("yellow", seed=54)))
+    expect(phone.locator("#query-caption")).to_have_text(long_name)
+    assert first_result_in_view(phone)
+    assert_fits_the_screen(phone)
 
     dark = new_page(color_scheme="dark")
     open_app(dark, server)
@@ -717,3 +784,201 @@ def test_phone_width_and_dark_theme(new_page, server):
     expect(dark.locator("#results-grid > li")).to_have_count(6)
     screenshot(dark, "dark-search")
 
+
+
+# ---------------------------------------------------------------- the viewer, the results grid
+
+
+def viewer_geometry(page) -> dict:
+    """The drawn image's box, its natural size, the viewport, and the space the viewer gives it."""
+    page.wait_for_function("() => { const img = document.getElementById('viewer-image');"
+                           " return img.complete && img.naturalWidth > 0; }")
+    return page.evaluate("""() => {
+        const img = document.getElementById("viewer-image");
+        const box = img.getBoundingClientRect();
+        const body = document.querySelector(".viewer-body");
+        const style = getComputedStyle(body);
+        const area = body.getBoundingClientRect();
+        const padX = parseFloat(style.paddingLeft) + parseFloat(style.paddingRight);
+        const padY = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom);
+        return {
+            left: box.left, top: box.top, width: box.width, height: box.height,
+            naturalWidth: img.naturalWidth, naturalHeight: img.naturalHeight,
+            viewportWidth: innerWidth, viewportHeight: innerHeight,
+            areaCentreX: area.left + parseFloat(style.paddingLeft) + (body.clientWidth - padX) / 2,
+            areaCentreY: area.top + parseFloat(style.paddingTop) + (body.clientHeight - padY) / 2,
+            areaWidth: body.clientWidth - padX, areaHeight: body.clientHeight - padY,
+        };
+    }""")
+
+
+def assert_whole_image_fits(g: dict):
+    # Within the viewport.
+    assert g["left"] >= 0 and g["top"] >= 0, g
+    assert g["left"] + g["width"] <= g["viewportWidth"] + 0.5, g
+    assert g["top"] + g["height"] <= g["viewportHeight"] + 0.5, g
+    # Never enlarged.
+    assert g["width"] <= g["naturalWidth"] + 0.5 and g["height"] <= g["naturalHeight"] + 0.5, g
+    # Whole: the box keeps the picture's proportions, so nothing is cut off.
+    assert abs(g["width"] / g["height"] - g["naturalWidth"] / g["naturalHeight"]) < 0.02, g
+    # Centred in the space the viewer has.
+    assert abs(g["left"] + g["width"] / 2 - g["areaCentreX"]) <= 1, g
+    assert abs(g["top"] + g["height"] / 2 - g["areaCentreY"]) <= 1, g
+    # Shrunk no further than that space demands: natural size, or one side fills it.
+    assert (g["width"] >= g["naturalWidth"] - 0.5 or abs(g["width"] - g["areaWidth"]) <= 1
+            or abs(g["height"] - g["areaHeight"]) <= 1), g
+
+
+def test_viewer_shows_the_whole_image_never_enlarged_and_centred(new_page, server):
+    big = io.BytesIO()
+    Image.new("RGB", (2400, 1600), (40, 120, 200)).save(big, "PNG")
+    for viewport in ({"width": 1280, "height": 900}, {"width": 360, "height": 740}):
+        page = new_page(viewport=viewport)
+        # One picture larger than any screen; the others are small (64 to 300 px).
+        page.route("**/images/blue_circle.png", lambda route: route.fulfill(
+            status=200, content_type="image/png", body=big.getvalue()))
+        open_app(page, server)
+        for name, natural in (("yellow_square.png", (64, 64)), ("green_circle.png", (300, 180)),
+                              ("blue_circle.png", (2400, 1600))):
+            card(page, name).get_by_role("button", name=f"View {name}").click()
+            expect(page.locator("#viewer-title")).to_have_text(name)
+            geometry = viewer_geometry(page)
+            assert (geometry["naturalWidth"], geometry["naturalHeight"]) == natural
+            assert_whole_image_fits(geometry)
+            if name == "yellow_square.png":
+                assert geometry["width"] == 64  # shown at its own size, not blown up
+            page.keyboard.press("Escape")
+        screenshot(page, f"viewer-large-{viewport['width']}")
+
+
+def test_results_fill_whole_rows_at_common_widths(page, server):
+    open_app(page, server, tab="search")
+    page.get_by_role("tab", name="Choose from Library", exact=True).click()
+    page.locator("#picker-grid").get_by_role("button", name="Search with red_circle.png").click()
+    expect(page.locator("#results-grid > li")).to_have_count(6)
+    expect(page.locator("#reranked-note")).to_be_hidden()
+    for width in (1280, 1024, 768, 360):
+        page.set_viewport_size({"width": width, "height": 900})
+        rows = page.locator("#results-grid > li").evaluate_all("""items => {
+            const rows = new Map();
+            for (const li of items) {
+                const top = Math.round(li.getBoundingClientRect().top);
+                rows.set(top, (rows.get(top) || 0) + 1);
+            }
+            return [...rows.values()];
+        }""")
+        columns = page.locator("#results-grid").evaluate(
+            "grid => getComputedStyle(grid).gridTemplateColumns.split(' ').length")
+        assert all(count == columns for count in rows), f"at {width} px: rows of {rows} in {columns} columns"
+        assert_fits_the_screen(page)
+
+
+# ---------------------------------------------------------------- the bundled examples, repeated uploads
+
+
+def test_hiding_the_bundled_examples_everywhere_and_remembering_it(page, server):
+    open_app(page, server)
+    before = set(api_images(server)["images"])
+    upload_through_input(page, [file_payload("mine 10.png", image_bytes("red", "rectangle", seed=81)),
+                                file_payload("mine 9.png", image_bytes("blue", "ellipse", seed=82))])
+    mine = uploaded_names(page, server, before, 2)
+    try:
+        own = requests.get(f"{server.url}/api/images", params={"source": "uploads"}, timeout=10).json()["images"]
+        # The user's own images come first, in natural order (9 before 10).
+        gallery = page.locator("#gallery-grid > li")
+        assert gallery.evaluate_all("items => items.map((li) => li.dataset.filename)")[:len(own)] == own
+        assert own.index("mine_9.png") < own.index("mine_10.png")
+
+        switch = page.get_by_role("switch", name="Show the bundled examples")
+        expect(switch).to_be_checked()
+        with page.expect_request(lambda req: "/api/images?" in req.url and "source=uploads" in req.url):
+            switch.uncheck()
+        expect(gallery).to_have_count(len(own))
+        expect(page.locator("#gallery-grid > li.is-original")).to_have_count(0)
+
+        page.get_by_role("tab", name="Search").click()
+        page.get_by_role("tab", name="Choose from Library", exact=True).click()
+        expect(page.locator("#picker-grid > li")).to_have_count(len(own))
+        expect(page.locator("#filter-source")).to_be_disabled()
+        with page.expect_request("**/api/search") as sent:
+            page.locator("#picker-grid").get_by_role("button", name="Search with mine_9.png").click()
+        assert json.loads(sent.value.post_data)["source"] == "uploads"
+        expect(page.locator("#results-grid > li")).to_have_count(len(own) - 1)
+        expect(page.locator("#results-grid .badge-original")).to_have_count(0)
+
+        # Remembered in this browser.
+        page.reload()
+        expect(page.locator("#gallery-count")).to_contain_text("of yours")
+        expect(switch).not_to_be_checked()
+        expect(page.locator("#gallery-grid > li.is-original")).to_have_count(0)
+        switch.check()
+        expect(page.locator("#gallery-grid > li.is-original")).to_have_count(len(ORIGINALS))
+    finally:
+        delete_via_api(server, mine)
+
+
+def test_an_upload_already_in_the_library_says_so(page, server):
+    copy = (server.data_dir / "images" / "red_circle.png").read_bytes()
+    before = api_images(server)["images"]
+    open_app(page, server)
+    upload_through_input(page, [file_payload("my red.png", copy)])
+    expect(toast(page, "info")).to_have_text(
+        "my red.png is already in the library as red_circle.png; nothing was added.")
+    expect(toast(page, "success")).to_have_count(0)
+    assert api_images(server)["images"] == before
+
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Also add the query image to my library").check()
+    page.locator("#query-input").set_input_files(file_payload("my red again.png", copy))
+    expect(toast(page, "info").filter(has_text="The query image")).to_have_text(
+        "The query image is already in the library as red_circle.png; nothing was added.")
+    assert api_images(server)["images"] == before
+
+
+# ---------------------------------------------------------------- progress streams, re-ranked results
+
+
+def test_a_refused_progress_stream_is_not_a_failure(browser, request, unwatched_server):
+    """With every progress stream taken the server answers 429 and runs the job anyway: the page waits for it."""
+    server = unwatched_server
+    page = _new_page(browser, request, [server])
+    planted = server.data_dir / "images" / "waited_for.png"
+    planted.write_bytes(image_bytes("green", "rectangle", seed=91))
+    refusal = {"error": "2 progress streams are already open; the job goes on. Follow it with GET /api/status, "
+                        "or try again when a stream closes."}
+
+    def streams_taken(route):
+        route.fetch()  # the server starts the job, which runs to its end
+        route.fulfill(status=429, content_type="application/json", body=json.dumps(refusal))
+
+    try:
+        open_app(page, server)
+        page.evaluate("""() => {
+            window.labels = [];
+            new MutationObserver(() => window.labels.push(document.getElementById("generate-label").textContent))
+                .observe(document.getElementById("generate-label"), { childList: true });
+        }""")
+        page.route("**/api/generate-features", streams_taken)
+        page.get_by_role("button", name="Generate Features").click()
+        expect(page.locator("#generate-label")).to_have_text("Features are up to date")
+        assert "Feature generation is running on the server" in page.evaluate("() => window.labels")
+        expect(page.locator("#generate-panel")).not_to_have_class(re.compile("failed"))
+        expect(toast(page, "success").filter(has_text="Feature generation finished.")).to_be_visible()
+        expect(toast(page, "error")).to_have_count(0)
+        expect(card(page, "waited_for.png")).to_be_visible()
+        expect(card(page, "waited_for.png").locator(".badge-pending")).to_have_count(0)
+    finally:
+        delete_via_api(server, ["waited_for.png"])
+        planted.unlink(missing_ok=True)
+
+
+def test_results_reordered_by_query_expansion_say_so(browser, request, unwatched_server):
+    page = _new_page(browser, request, [unwatched_server])
+    open_app(page, unwatched_server, tab="search")
+    page.get_by_role("tab", name="Choose from Library", exact=True).click()
+    page.locator("#picker-grid").get_by_role("button", name="Search with red_circle.png").click()
+    expect(page.locator("#results-grid > li")).to_have_count(6)
+    note = page.locator("#reranked-note")
+    expect(note).to_be_visible()
+    expect(note).to_contain_text("query expansion")
+    expect(note).to_contain_text("Each score is still that image's own similarity to the query.")

@@ -17,6 +17,9 @@ from conftest import PROJECT_DIR, LiveServer, make_library
 from imgsearch.config import Settings
 from test_browser import XSS_NAME, _new_page, api_images, card, open_app, screenshot, sync_api, toast
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 expect = sync_api.expect
 
 PHOTO = "cat_chelsea.jpg"
@@ -237,14 +240,14 @@ def test_minimum_similarity_and_hiding_near_exact_copies(page, library):
     page.get_by_role("tab", name="Choose from Library", exact=True).click()
     page.locator("#picker-grid").get_by_role("button", name=f"Search with {PHOTO}").click()
     expect(page.locator("#results-grid > li")).to_have_count(6)
-    assert "min_similarity" not in searches[-1].post_data
+    assert "min_similarity" not in json.loads(searches[-1].post_data)
 
     minimum = page.get_by_label("Minimum similarity")
     expect(minimum).to_have_value("0")
     with page.expect_request("**/api/search") as sent:
         minimum.fill("50")
         minimum.press("Enter")
-    assert 'name="min_similarity"\r\n\r\n0.5\r\n' in sent.value.post_data
+    assert json.loads(sent.value.post_data)["min_similarity"] == 0.5
     expect(page.locator("#results-grid > li")).to_have_count(2)
     assert result_names(page) == [EXACT_COPY, LOW_QUALITY_COPY]
     expect(page.locator("#search-status")).to_contain_text("50% similar or more")

@@ -17,6 +17,9 @@ from conftest import DEFAULT_ORIGINALS, LiveServer, make_image, make_library
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.imaging import open_image
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 COLOR = {"IMAGE_SEARCH_MODEL": "color"}
 # How long a test waits for something that should take about a second; it bounds a hang, it times nothing.
 PATIENCE = 30
@@ -238,7 +241,8 @@ def test_feature_files_of_earlier_versions_are_imported_without_recomputing(tmp_
         np.savez(folder / file, features=matrix, filenames=np.array(names), model_id=np.array(engine.model_id),
                  stamps=np.array([stamp(name) for name in names], np.int64), version=np.array(1))
 
-    server = LiveServer(data_dir, COLOR).start()
+    untagged = {**COLOR, "IMAGE_SEARCH_TAGS": "0"}  # tags were never in those files: they would be computed
+    server = LiveServer(data_dir, untagged).start()
     try:
         assert status(server)["pending"] == 0 and status(server)["indexed"] == len(originals) + 1
         follow = requests.get(server.url + "/api/generate-features", timeout=30).text
@@ -250,7 +254,7 @@ def test_feature_files_of_earlier_versions_are_imported_without_recomputing(tmp_
         server.stop()
     assert sorted(p.name for p in folder.iterdir()) == ["originals.npz.imported", "uploads.npz.imported"]
 
-    restarted = LiveServer(data_dir, COLOR).start()  # imported once: the renamed files are not read again
+    restarted = LiveServer(data_dir, untagged).start()  # imported once: the renamed files are not read again
     try:
         assert status(restarted)["indexed"] == len(originals) + 1
     finally:

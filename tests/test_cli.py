@@ -115,6 +115,7 @@ def test_shards_partition_names_the_same_way_everywhere():
 # ----- index and search ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_round_trip_through_python_dash_m(photos):
     """The real entry point, in a fresh process: index, then a JSON search."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -254,6 +255,7 @@ def test_a_file_changed_during_extraction_is_left_for_the_next_run(photos, tmp_p
 # ----- shards and merge ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_two_shard_processes_at_once_fill_one_catalogue_like_one_run(photos, tmp_path, capsys):
     """Shards run side by side on one SQLite catalogue: its writers queue, nothing is lost or doubled."""
     whole = tmp_path / "whole"
@@ -276,7 +278,7 @@ def test_merge_copies_the_vectors_of_shards_indexed_elsewhere(photos, tmp_path, 
         assert index(capsys, photos, "--shard", shard, "--store", tmp_path / store)[0] == 0
     (photos / "sub" / "red_square.png").unlink()  # gone since: its vector is not merged
     code, out, _ = run(capsys, "merge", photos, tmp_path / "a" / "catalogue.db", tmp_path / "b" / "catalogue.db")
-    assert code == 0 and "copied 5 vectors from 2 catalogue(s)" in out
+    assert code == 0 and "copied from 2 catalogue(s): 5 color-none-chi2 vectors, 5 imagenet-tags-" in out
     assert sorted(stored(photos / COLOR_STORE)) == [name for name in GOOD_IMAGES if name != "sub/red_square.png"]
     code, out, _ = index(capsys, photos)
     assert code == 0 and "0 computed, 5 unchanged" in out
@@ -348,3 +350,16 @@ def test_rebuild_computes_what_is_missing_and_reports_counts(data_dir, monkeypat
     assert "color-none-chi2: 6 originals and 0 user images stored; the exact index holds 6 vectors" in out
     code, out, _ = run(capsys, "rebuild", "--engine", "color")
     assert code == 0 and "computed" not in out and "index holds 6 vectors" in out
+
+
+@pytest.mark.slow
+def test_the_imgsearch_command_works_from_any_folder(tmp_path):
+    """`make` installs the project into its venv, which puts an `imgsearch` command beside the interpreter."""
+    command = Path(sys.executable).with_name("imgsearch")
+    if not command.exists():
+        pytest.skip("the project is not installed in this environment (make does `pip install -e .`)")
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "red.png").write_bytes(make_image("red"))
+    indexed = subprocess.run([str(command), "index", "photos", "--engine", "color"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert indexed.returncode == 0 and "1 computed" in indexed.stdout, indexed.stderr

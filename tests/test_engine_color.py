@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import csv
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import dataset
 from imgsearch.engines.color import (
     BINS_PER_REGION,
     REGIONS,
@@ -17,9 +17,6 @@ from imgsearch.engines.color import (
     chi2_similarity,
     region_masks,
 )
-
-COREL = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "corel1k"
-
 
 @pytest.fixture(scope="module")
 def engine():
@@ -137,17 +134,19 @@ def test_similarity_spans_zero_to_one(engine):
     assert chi2_similarity(np.array([7.0, -1.0, 2.5])) == pytest.approx([0.0, 1.0, 0.5])
 
 
-@pytest.mark.skipif(not (COREL / "labels.csv").is_file(), reason="Corel-1k is not available at ../shared")
+@pytest.mark.slow
 def test_corel1k_retrieval_matches_the_reference():
     """Leave-one-out on Corel-1k, chi-squared ranking: the reference descriptor gives P@10 0.715, mAP 0.501."""
     from imgsearch.imaging import open_image
 
+    corel = dataset("corel1k")
+
     engine = ColorHistogramEngine().load()
-    with open(COREL / "labels.csv", newline="") as labels_file:
+    with open(corel / "labels.csv", newline="") as labels_file:
         rows = list(csv.DictReader(labels_file))
     labels = np.array([row["label"] for row in rows])
     vectors = np.concatenate([
-        engine.extract(np.stack([engine.prepare(open_image(COREL / row["filename"])) for row in rows[i:i + 50]]))
+        engine.extract(np.stack([engine.prepare(open_image(corel / row["filename"])) for row in rows[i:i + 50]]))
         for i in range(0, len(rows), 50)
     ])
     precisions, average_precisions = [], []

@@ -7,6 +7,9 @@ from PIL import Image
 
 from imgsearch.engines.custom import CustomKerasEngine
 
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 SIZE = 64
 RED, BLUE = (200, 30, 30), (30, 30, 200)
 

@@ -30,6 +30,9 @@ from PIL import Image
 
 from conftest import DEFAULT_ORIGINALS, PROJECT_DIR, LiveServer, loopback_server, make_image, make_library
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 MiB = 1024 * 1024
 COLOR = {"IMAGE_SEARCH_MODEL": "color"}
 CANARY = make_image("yellow", seed=666)  # a real PNG, so serving it would succeed if a path could reach it

@@ -22,6 +22,9 @@ from PIL import Image
 from conftest import LiveServer, loopback_server, make_image
 from test_hostile import COLOR, assert_json_error, new_library
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 MiB = 1024 * 1024
 
 

@@ -207,3 +207,28 @@ def test_specs(tmp_path):
     local = make_index(Settings(data_dir=tmp_path, index="milvus:sub/v.db"), store, engine())
     assert local.uri == str(tmp_path / "sub" / "v.db")
     assert collection_name("efficientnet-lite0-imagenet@ab12.cosine") == "images_efficientnet_lite0_imagenet_ab12_cosine"
+
+
+@pytest.mark.parametrize("spec", BACKENDS)
+def test_filters_apply_before_the_top_k_cut_on_every_backend(spec, tmp_path):
+    """A filter that admits one image in seven still gets k hits, all admitted, as exact search finds them."""
+    dim = 32
+    vectors = clustered(3000, dim, clusters=40, spread=0.6, seed=5)
+    names = [f"photo_{i:04d}.jpg" for i in range(3000)]
+    store = new_store(tmp_path, dim)
+    fill(store, names, vectors)
+    index = open_index(spec, tmp_path, store)
+    allowed = frozenset(names[::7])
+    exact = ExactIndex(store, "cosine")
+    queries = vectors[:20]
+    truth = exact.search(queries, 6, frozenset(names[:1]), allowed)
+    for exact_up_to in (index.exact_filter_size, 0):  # a small filter ranked exactly, then fetched from the index
+        index.exact_filter_size = exact_up_to
+        index.exact_filter_share = exact_up_to
+        found = index.search(queries, 6, frozenset(names[:1]), allowed)
+        assert all(len(hits) == 6 and {name for name, _ in hits} <= allowed - {names[0]} for hits in found)
+        assert np.mean([len({n for n, _ in f} & {n for n, _ in t}) / 6 for f, t in zip(found, truth)]) >= 0.95
+        tiny = frozenset(names[1:3])
+        assert sorted(name for name, _ in index.search(queries[:1], 6, frozenset(), tiny)[0]) == sorted(tiny)
+    if hasattr(index, "close"):
+        index.close()

@@ -14,9 +14,12 @@ from imgsearch.engines.onnx_runtime import (
     InputTransform,
     UnsupportedModel,
     export,
-    load_runner,
     probe_pixels,
 )
+from imgsearch.engines.runtime import KerasFeatures, compile_features
+
+# Slow: builds Keras networks with TensorFlow; `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 onnxruntime = pytest.importorskip("onnxruntime")
 
@@ -117,8 +120,17 @@ def test_untranslatable_layers_are_refused_and_stay_on_tensorflow(caplog):
     x = layers.Conv2D(4, 3)(inputs)
     model = keras.Model(inputs, layers.GlobalAveragePooling2D()(layers.LayerNormalization()(x)))
     with caplog.at_level(logging.INFO):
-        assert load_runner(model, SYMMETRIC, probe_pixels(16)) is None
-    assert "LayerNormalization" in caplog.text
+        compiled = compile_features("normalised", lambda: keras_features(model, SYMMETRIC), "onnxruntime")
+    assert compiled.runtime == "tensorflow" and "LayerNormalization" in caplog.text
+    batch = pixels(16)
+    np.testing.assert_allclose(compiled.run(batch), model(SYMMETRIC.apply(batch), training=False), atol=1e-6)
+
+
+def keras_features(model, transform: InputTransform, exported_as: InputTransform | None = None) -> KerasFeatures:
+    """The model behind `transform` as an engine hands it over; `exported_as` makes a wrong export on purpose."""
+    return KerasFeatures(run=lambda batch: np.asarray(model(transform.apply(batch), training=False)),
+                         probe=probe_pixels(model.inputs[0].shape[1]),
+                         export=lambda: export(model, exported_as or transform))
 
 
 @pytest.mark.parametrize("name", ["resnet50", "mobilenetv2"])
@@ -170,12 +182,14 @@ def test_unknown_runtime_is_refused():
         KerasApplicationEngine("resnet50", weights="random", runtime="tflite")
 
 
-def test_a_graph_that_disagrees_with_keras_is_not_used(monkeypatch, caplog):
-    """The probe comparison at load time is the last guard against an export bug."""
-    from imgsearch.engines import onnx_runtime
+def test_a_graph_that_disagrees_with_keras_is_not_used(caplog, tmp_path):
+    """The probe comparison at load time is the last guard against an export bug; nothing wrong is cached."""
+    from imgsearch.engines.graph_cache import GraphKey
 
     model = every_layer_model()
-    monkeypatch.setattr(onnx_runtime, "export", lambda keras_model, transform, dtype: export(keras_model, SYMMETRIC, dtype))
     with caplog.at_level(logging.WARNING):
-        assert onnx_runtime.load_runner(model, CAFFE, probe_pixels(33)) is None
+        compiled = compile_features("every-layer", lambda: keras_features(model, CAFFE, exported_as=SYMMETRIC),
+                                    "onnxruntime", tmp_path, GraphKey("every-layer", "random"))
+    assert compiled.runtime == "tensorflow" and compiled.graph_path is None
     assert "differ from Keras" in caplog.text
+    assert not (tmp_path / "onnx").exists()

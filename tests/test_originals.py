@@ -11,6 +11,9 @@ from conftest import PROJECT_DIR, LiveServer, make_library
 from imgsearch.config import Settings
 from imgsearch.engines import ENGINE_NAMES
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 MANIFEST = PROJECT_DIR / "original_filenames.txt"
 CREDITS = PROJECT_DIR / "images" / "CREDITS.md"
 # The engines a fresh install runs without any download; the demo library must show no duplicates in either.

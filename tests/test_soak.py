@@ -11,6 +11,9 @@ import pytest
 from bench.soak import make_library, run_soak
 from conftest import LiveServer
 
+# Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
+pytestmark = pytest.mark.slow
+
 SECONDS = float(os.environ.get("IMAGE_SEARCH_SOAK_SECONDS", "30"))
 WARMUP = SECONDS / 3
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import abc
+import copy
 import threading
 
 import numpy as np
@@ -66,6 +67,15 @@ class Engine(abc.ABC):
         if self.metric == "cosine":
             vectors = l2_normalize(vectors)
         return vectors
+
+    def standing_in(self, reason: str) -> "Engine":
+        """This loaded engine, as a copy that says why it stands in for the engine that was asked for.
+
+        The copy shares the loaded model; the engine itself, which other callers get from the cache, is unchanged.
+        """
+        stand_in = copy.copy(self.load())
+        stand_in.fallback_reason = reason
+        return stand_in
 
     def warm_up(self) -> None:
         """Run one dummy image so the first user request does not pay for tracing."""

@@ -17,10 +17,14 @@ What the model is given:
 
 The feature space is tied to the file's content (a short sha256) and the chosen layer, so vectors
 from a retrained model are never compared with the old ones.
+
+With `runtime="onnxruntime"` the feature part of the model is exported and run by ONNX Runtime when every
+layer on its path exports (an input Rescaling, convolutions, batch norms, ReLUs, pooling, Dense layers:
+what a fine-tuned EfficientNet-Lite or a small CNN is made of); the graph is cached, so later starts need no
+TensorFlow. Anything else runs on TensorFlow.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -28,6 +32,9 @@ import numpy as np
 from PIL import Image
 
 from .base import Engine
+from .graph_cache import GraphKey, file_sha256
+from .onnx_runtime import IDENTITY, RUNTIMES, export, probe_pixels
+from .runtime import KerasFeatures, compile_features, import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +47,11 @@ class CustomKerasEngine(Engine):
     name = "custom"
     metric = "cosine"
 
-    def __init__(self, path: str, feature_layer: str | None = None):
+    def __init__(self, path: str, feature_layer: str | None = None, runtime: str = "onnxruntime",
+                 cache_dir: Path | None = None):
         super().__init__()
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise ValueError(
@@ -50,8 +60,10 @@ class CustomKerasEngine(Engine):
             )
         self.feature_layer = feature_layer
         self.weights = f"custom model {self.path}"
-        with self.path.open("rb") as model_file:
-            digest = hashlib.file_digest(model_file, "sha256").hexdigest()[:12]
+        self.requested_runtime = runtime
+        self.cache_dir = cache_dir
+        self._sha256 = file_sha256(self.path)
+        digest = self._sha256[:12]
         self._weights_tag = f"{digest}-{feature_layer}" if feature_layer else digest
         self._input_width = DEFAULT_INPUT_SIZE
         self._features = None
@@ -72,8 +84,18 @@ class CustomKerasEngine(Engine):
         self.extract(np.zeros((1, self.input_size, self._input_width, 3), np.uint8))
 
     def _load(self) -> None:
+        key = GraphKey(f"custom-{self._weights_tag}", self._sha256, (("feature_layer", self.feature_layer or ""),))
+        compiled = compile_features(f"custom model {self.path}", self._keras_features, self.requested_runtime,
+                                    self.cache_dir, key)
+        self.dim = compiled.properties["dim"]
+        self.input_size, self._input_width = compiled.properties["input_size"]
+        self._features, self.runtime = compiled.run, compiled.runtime
+        log.info("Loaded custom model %s: %d-d features from %s, on %s", self.path, self.dim,
+                 self.feature_layer or "the last hidden layer", self.runtime)
+
+    def _keras_features(self) -> KerasFeatures:
+        tf = import_tensorflow()
         import keras
-        import tensorflow as tf
 
         try:
             model = keras.models.load_model(self.path, compile=False)
@@ -81,26 +103,28 @@ class CustomKerasEngine(Engine):
             raise ValueError(f"Could not load the Keras model {self.path}: {type(exc).__name__}: {exc}") from exc
         height, width = _image_input_size(model)
         features = _feature_tensor(model, self.feature_layer)
-        feature_model = keras.Model(model.inputs, features, name="custom_features")
-        spatial_axes = list(range(1, len(features.shape) - 1))
         dim = features.shape[-1]
         if dim is None:
             raise ValueError(f"The feature layer of {self.path} has no fixed size, so it cannot give vectors.")
+        if len(features.shape) == 4:
+            # (n, h, w, c) maps -> (n, c) as a layer, which the ONNX export knows
+            features = keras.layers.GlobalAveragePooling2D(name="imgsearch_feature_map_mean")(features)
+        feature_model = keras.Model(model.inputs, features, name="custom_features")
+        spatial_axes = list(range(1, len(features.shape) - 1))
 
         @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8)], reduce_retracing=True)
         def extract_features(batch):
             outputs = feature_model(tf.cast(batch, tf.float32), training=False)
-            # (n, h, w, c) maps -> (n, c): one vector per image whatever the layer's shape
+            # any other layer shape -> one vector per image
             return tf.reduce_mean(outputs, axis=spatial_axes) if spatial_axes else outputs
 
-        self.dim = int(dim)
-        self.input_size, self._input_width = height, width
-        self._features = extract_features
-        log.info("Loaded custom model %s: %d-d features from %s", self.path, self.dim,
-                 self.feature_layer or "the last hidden layer")
+        return KerasFeatures(
+            run=lambda batch: extract_features(batch).numpy(), probe=probe_pixels(height, width),
+            export=None if spatial_axes else (lambda: export(feature_model, IDENTITY)),
+            properties={"dim": int(dim), "input_size": [int(height), int(width)]})
 
     def _extract(self, batch: np.ndarray) -> np.ndarray:
-        return self._features(batch).numpy()
+        return self._features(batch)
 
 
 def _image_input_size(model) -> tuple[int, int]:

@@ -14,7 +14,9 @@ import numpy as np
 from ..persist import atomic_write_with
 from ..torch_checkpoint import load_legacy_state_dict
 from .base import Engine, WeightsUnavailable
-from .onnx_runtime import IDENTITY, RUNTIMES, InputTransform, load_runner, probe_pixels
+from .graph_cache import GraphKey, file_sha256
+from .onnx_runtime import RUNTIMES, InputTransform, export_averaged, probe_pixels
+from .runtime import KerasFeatures, compile_features, import_tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -270,7 +272,24 @@ class EfficientNetLite0Engine(Engine):
         return layers
 
     def _load(self) -> None:
-        import tensorflow as tf
+        key = None
+        if self._exportable:
+            key = GraphKey(f"{self.name}-{self.weights_tag}", file_sha256(checkpoint_path()),
+                           (("conversion", str(CACHE_FORMAT)),))
+        compiled = compile_features(self.name, self._keras_features, self.requested_runtime, self.cache_dir, key)
+        self._features_fn, self.runtime = compiled.run, compiled.runtime
+
+    @property
+    def _exportable(self) -> bool:
+        """GeM pooling is not exported, and the classifier needs the TensorFlow graph."""
+        return self.pooling == "avg" and not self.include_classifier
+
+    def _keras_features(self) -> KerasFeatures:
+        """The Keras backbones with the TensorFlow features function, and their export as one graph.
+
+        The export scales down and mirrors inside the graph, as the TensorFlow function does between backbones.
+        """
+        tf = import_tensorflow()
 
         layers = self._converted_weights()
         gem_p = GEM_P if self.pooling == "gem" else None
@@ -280,10 +299,6 @@ class EfficientNetLite0Engine(Engine):
             backbones[size] = build_backbone(size, gem_p)
             assign_weights(backbones[size], layers)
         size = self.input_size
-        self._features_fn = self._onnx_features(backbones)
-        if self._features_fn is not None:
-            self.runtime = "onnxruntime"
-            return
 
         # No jit_compile: XLA on CPU ran this network ~17x slower (7 vs 118 images/s at batch 32, 2 cores).
         @tf.function(input_signature=[tf.TensorSpec((None, size, size, 3), tf.uint8)])
@@ -301,7 +316,6 @@ class EfficientNetLite0Engine(Engine):
                 pooled = tf.reduce_mean(tf.stack(tf.split(pooled, 2, axis=0)), axis=0)
             return pooled
 
-        self._features_fn = lambda batch: features(batch).numpy()
         if self.include_classifier:
             head = build_classifier_head()
             assign_weights(head, layers)
@@ -311,35 +325,9 @@ class EfficientNetLite0Engine(Engine):
                 return tf.nn.softmax(head(features(batch), training=False))
 
             self._classify_fn = classify
-
-    def _onnx_features(self, backbones: dict):
-        """The features function on ONNX Runtime, or None to use TensorFlow.
-
-        Each scale's backbone gets its own session; scaling down and mirroring happen between them with the
-        same TensorFlow resize as the TensorFlow path. GeM pooling is not exported, and the classifier needs
-        the TensorFlow graph.
-        """
-        if self.requested_runtime != "onnxruntime" or self.include_classifier or self.pooling != "avg":
-            return None
-        size = self.input_size
-        if len(self.scales) == 1 and not self.flip:
-            return load_runner(backbones[size], INPUT_TRANSFORM, probe_pixels(size))
-        probe = INPUT_TRANSFORM.apply(probe_pixels(size))
-        runners = {}
-        for scale, backbone in backbones.items():
-            runners[scale] = load_runner(backbone, IDENTITY, probe if scale == size else _resize(probe, scale))
-            if runners[scale] is None:
-                return None
-
-        def features(batch: np.ndarray) -> np.ndarray:
-            images = INPUT_TRANSFORM.apply(batch)
-            if self.flip:
-                images = np.concatenate([images, images[:, :, ::-1]])
-            pooled = sum(runner(images if scale == size else _resize(images, scale))
-                         for scale, runner in runners.items()) / len(runners)
-            return (pooled[:len(batch)] + pooled[len(batch):]) / 2 if self.flip else pooled
-
-        return features
+        return KerasFeatures(
+            run=lambda batch: features(batch).numpy(), probe=probe_pixels(size),
+            export=(lambda: export_averaged(backbones, INPUT_TRANSFORM, self.flip)) if self._exportable else None)
 
     def _extract(self, batch: np.ndarray) -> np.ndarray:
         return self._features_fn(np.ascontiguousarray(batch, dtype=np.uint8))
@@ -351,9 +339,3 @@ class EfficientNetLite0Engine(Engine):
         self.load()
         return self._classify_fn(np.ascontiguousarray(batch, dtype=np.uint8)).numpy()
 
-
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
-    """Float images scaled to size × size exactly as the TensorFlow feature graph scales them."""
-    import tensorflow as tf
-
-    return tf.image.resize(images, (size, size), "bicubic", antialias=True).numpy()

@@ -1,27 +1,33 @@
 """Run a Keras CNN's own graph and weights under ONNX Runtime, which is faster on CPU than TensorFlow.
 
 The Keras model stays the definition of the network: `export` walks its layers and writes the same
-computation as an ONNX graph (NCHW, batch norms folded into the convolutions), and `load_runner` checks
-the result against Keras on a probe batch before anyone uses it. Measured on a 2-core AVX-512 machine,
-the same features (cosine 0.9999999) came 1.2-1.5x faster for ResNet50 at batch 32 and 2x (ResNet50) to
-5x (EfficientNet-Lite0) faster for a single image. A network with a layer not listed here is not
-exported, and the engine keeps running it with TensorFlow.
+computation as an ONNX graph (NCHW, batch norms folded into the convolutions), and `runtime.compile_features`
+checks the result against Keras on a probe batch before anyone uses it. Measured on a 2-core AVX-512
+machine, the same features (cosine 0.9999999) came 1.2-1.5x faster for ResNet50 at batch 32 and 2x
+(ResNet50) to 5x (EfficientNet-Lite0) faster for a single image. A network with a layer not listed here
+is not exported, and the engine keeps running it with TensorFlow.
+
+This module needs no TensorFlow: `session_runner` runs a saved graph with ONNX Runtime alone.
 """
 from __future__ import annotations
 
 import ctypes
 import dataclasses
 import logging
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Mapping
 
 import numpy as np
 
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("onnxruntime", "tensorflow")
-OPSET = 17
-IR_VERSION = 8          # readable by every onnxruntime release that supports opset 17
+OPSET = 18              # the first with Resize's antialias, which the multi-scale graphs use
+IR_VERSION = 8          # readable by every onnxruntime release that supports opset 18
+# Bumped whenever a change here would write a different graph for the same model, so cached graphs are rebuilt.
+EXPORTER_VERSION = 1
 MIN_PROBE_COSINE = 0.9999
+INT64_MIN = -(2 ** 63)
 
 
 class UnsupportedModel(ValueError):
@@ -30,7 +36,10 @@ class UnsupportedModel(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class InputTransform:
-    """uint8 RGB pixels -> the network's float input: `(x - mean) * scale`, then optionally RGB -> BGR."""
+    """uint8 RGB pixels -> the network's float input: `(x - mean) * scale`, then optionally RGB -> BGR.
+
+    The exported graph computes it itself; `apply` is the same in numpy, to compare an export with Keras.
+    """
 
     mean: tuple[float, float, float]
     scale: float = 1.0
@@ -43,7 +52,7 @@ class InputTransform:
 
 CAFFE = InputTransform(mean=(123.68, 116.779, 103.939), bgr=True)     # ResNet50, VGG16
 SYMMETRIC = InputTransform(mean=(127.5, 127.5, 127.5), scale=1 / 127.5)  # MobileNetV2: [-1, 1]
-IDENTITY = InputTransform(mean=(0.0, 0.0, 0.0))                          # inputs already prepared
+IDENTITY = InputTransform(mean=(0.0, 0.0, 0.0))                          # 0-255 floats, as custom models take
 
 
 class _GraphBuilder:
@@ -103,15 +112,76 @@ class _Exporter:
         self.paddings: dict[str, tuple[str, list[int]]] = {}   # ZeroPadding2D outputs, merged into consumers
         self.convolutions: dict[str, dict] = {}                 # conv output -> weights, until written
 
-    def input(self, float_input: bool) -> str:
+    def input(self) -> str:
+        """uint8 NHWC pixels -> transformed float NCHW images."""
         from onnx import TensorProto
 
         graph, transform = self.graph, self.transform
-        pixels = "image" if float_input else graph.node("Cast", ["image"], "pixels", to=TensorProto.FLOAT)
-        centred = graph.node("Sub", [pixels, graph.constant(transform.mean, "mean")], "centred")
+        images = graph.node("Cast", ["image"], "pixels", to=TensorProto.FLOAT)
+        if transform.mean != IDENTITY.mean:
+            images = graph.node("Sub", [images, graph.constant(transform.mean, "mean")], "centred")
         if transform.scale != 1.0:
-            centred = graph.node("Mul", [centred, graph.constant(transform.scale, "scale")], "scaled")
-        return graph.node("Transpose", [centred], "nchw", perm=[0, 3, 1, 2])
+            images = graph.node("Mul", [images, graph.constant(transform.scale, "scale")], "scaled")
+        return graph.node("Transpose", [images], "nchw", perm=[0, 3, 1, 2])
+
+    def mirrored_too(self, images: str) -> str:
+        """(n, c, h, w) -> (2n, c, h, w): the images, then each one flipped left to right."""
+        graph = self.graph
+        mirrored = graph.node("Slice", [images, graph.constant([-1], "start", np.int64),
+                                        graph.constant([INT64_MIN], "end", np.int64),
+                                        graph.constant([3], "axis", np.int64), graph.constant([-1], "step", np.int64)],
+                              "mirrored")
+        return graph.node("Concat", [images, mirrored], "with_mirrored", axis=0)
+
+    def resize(self, images: str, size: int) -> str:
+        """NCHW images scaled to size × size as tf.image.resize(..., "bicubic", antialias=True) scales them.
+
+        Keys' cubic (a = -0.5), stretched when shrinking, with taps outside the image dropped and the rest
+        renormalised; on noise images it agrees with TensorFlow to 3e-5 of a 1.2 range.
+        """
+        graph = self.graph
+        batch_channels = graph.node("Shape", [images], "batch_channels", start=0, end=2)
+        sizes = graph.node("Concat", [batch_channels, graph.constant([size, size], "size", np.int64)], "sizes", axis=0)
+        return graph.node("Resize", [images, "", "", sizes], f"resized{size}", mode="cubic", cubic_coeff_a=-0.5,
+                          antialias=1, exclude_outside=1, coordinate_transformation_mode="half_pixel")
+
+    def model(self, model, images: str) -> str:
+        """Append `model`'s layers, reading the NCHW `images`; returns the name of the model's output."""
+        if len(model.inputs) != 1 or len(model.outputs) != 1:
+            raise UnsupportedModel("only models with one input and one output")
+        self.bgr_pending = self.transform.bgr
+        tensors = {id(model.inputs[0]): images}
+        for layer in model.layers:
+            if type(layer).__name__ == "InputLayer":
+                continue
+            if len(layer._inbound_nodes) != 1:
+                raise UnsupportedModel(f"{layer.name}: a layer used more than once")
+            try:
+                sources = [tensors[id(t)] for t in _inputs(layer)]
+            except KeyError:
+                raise UnsupportedModel(f"{layer.name}: an input that is not a layer output") from None
+            tensors[id(layer.output)] = self.layer(layer, sources)
+        if self.bgr_pending:
+            raise UnsupportedModel("no convolution to fold the BGR channel order into")
+        try:
+            return tensors[id(model.outputs[0])]
+        except KeyError:
+            raise UnsupportedModel("the output is computed outside the model's layers") from None
+
+    def serialise(self, features: str) -> bytes:
+        """The finished graph: (n, h, w, 3) uint8 input "image" -> float32 output "features"."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        graph = self.graph
+        graph.nodes.append(helper.make_node("Identity", [features], ["features"]))
+        initializers = [numpy_helper.from_array(value, name) for name, value in graph.constants.items()]
+        onnx_graph = helper.make_graph(
+            graph.nodes, "features",
+            [helper.make_tensor_value_info("image", TensorProto.UINT8, [None, None, None, 3])],
+            [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)], initializers)
+        onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                                       ir_version=IR_VERSION)
+        return onnx_model.SerializeToString()
 
     def layer(self, layer, sources: list[str]) -> str:
         kind = type(layer).__name__
@@ -165,6 +235,8 @@ class _Exporter:
             return graph.node("Relu", [output], layer.name + "_relu") if _activation_name(layer) == "relu" else output
         if kind == "Dropout":
             return source
+        if kind == "Rescaling":
+            return self.rescale(layer, source)
         raise UnsupportedModel(f"{layer.name}: no ONNX translation for {kind} layers")
 
     def convolution(self, layer, kind: str, source: str, pads: list[int]) -> str:
@@ -202,6 +274,22 @@ class _Exporter:
             return self.graph.node("Relu", [output], layer.name + "_relu")
         return output
 
+    def rescale(self, layer, source: str) -> str:
+        """x * scale + offset, each a number or one per channel (the last Keras axis, the second here)."""
+        shape = _inputs(layer)[0].shape
+        graph = self.graph
+
+        def per_channel(value, base: str) -> str:
+            value = np.asarray(value, np.float32)
+            if value.size > 1 and len(shape) == 4:
+                value = value.reshape(-1, 1, 1)
+            return graph.constant(value, base)
+
+        scaled = graph.node("Mul", [source, per_channel(layer.scale, "rescale")], layer.name)
+        if not np.any(layer.offset):
+            return scaled
+        return graph.node("Add", [scaled, per_channel(layer.offset, "offset")], layer.name + "_offset")
+
     def fold_batch_norm(self, layer, source: str) -> str:
         conv = self.convolutions.pop(source, None)
         if conv is None or layer.axis not in (-1, 3) or not (layer.scale and layer.center):
@@ -214,94 +302,71 @@ class _Exporter:
         return source
 
 
-def export(model, transform: InputTransform, input_dtype=np.uint8) -> bytes:
-    """Serialised ONNX model: (n, h, w, 3) input "image" -> (n, features) float32 output "features".
-
-    The input is uint8 pixels, or with `input_dtype=np.float32` float images that `transform` still applies to.
-    """
-    float_input = np.dtype(input_dtype) == np.float32
-    if not float_input and np.dtype(input_dtype) != np.uint8:
-        raise UnsupportedModel(f"input type {np.dtype(input_dtype)}: only uint8 or float32")
-    from onnx import TensorProto, helper, numpy_helper
-
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise UnsupportedModel("only models with one input and one output")
+def export(model, transform: InputTransform) -> bytes:
+    """Serialised ONNX model: (n, h, w, 3) uint8 input "image" -> (n, features) float32 output "features"."""
     exporter = _Exporter(transform)
-    tensors = {id(model.inputs[0]): exporter.input(float_input)}
-    for layer in model.layers:
-        if type(layer).__name__ == "InputLayer":
-            continue
-        if len(layer._inbound_nodes) != 1:
-            raise UnsupportedModel(f"{layer.name}: a layer used more than once")
-        try:
-            sources = [tensors[id(t)] for t in _inputs(layer)]
-        except KeyError:
-            raise UnsupportedModel(f"{layer.name}: an input that is not a layer output") from None
-        tensors[id(layer.output)] = exporter.layer(layer, sources)
-    if exporter.bgr_pending:
-        raise UnsupportedModel("no convolution to fold the BGR channel order into")
-    try:
-        result = tensors[id(model.outputs[0])]
-    except KeyError:
-        raise UnsupportedModel("the output is computed outside the model's layers") from None
-    graph = exporter.graph
-    graph.nodes.append(helper.make_node("Identity", [result], ["features"]))
-    initializers = [numpy_helper.from_array(value, name) for name, value in graph.constants.items()]
-    onnx_graph = helper.make_graph(
-        graph.nodes, "features",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT if float_input else TensorProto.UINT8,
-                                       [None, None, None, 3])],
-        [helper.make_tensor_value_info("features", TensorProto.FLOAT, None)], initializers)
-    onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
-    return onnx_model.SerializeToString()
+    return exporter.serialise(exporter.model(model, exporter.input()))
 
 
-def probe_pixels(size: int, count: int = 1) -> np.ndarray:
-    """A fixed batch of noise images: every pixel value and channel mix, for checking an export."""
-    return np.random.default_rng(0).integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+def export_averaged(backbones: Mapping[int, object], transform: InputTransform, flip: bool = False) -> bytes:
+    """One graph averaging the features of several input sizes, and optionally of each image's mirror.
 
-
-def load_runner(model, transform: InputTransform, probe: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
-    """A function running `model` under ONNX Runtime on batches like `probe`, or None to keep TensorFlow.
-
-    `probe` (uint8 pixels or float32 images, see `export`) is run through both; None when onnxruntime is not
-    installed, the model cannot be exported, or the features differ from Keras's (cosine below MIN_PROBE_COSINE).
+    `backbones` maps an input size to the Keras model for it. The input is (n, S, S, 3) uint8 with S the largest
+    size; smaller sizes are scaled down inside the graph. The result equals the mean of every backbone's
+    features over the sizes and, with `flip`, over the image and its mirror.
     """
-    try:
-        import onnxruntime
-    except ImportError:
-        log.info("onnxruntime is not installed; running %s with TensorFlow", model.name)
-        return None
-    try:
-        blob = export(model, transform, probe.dtype)
-    except UnsupportedModel as exc:
-        log.info("Running %s with TensorFlow: %s", model.name, exc)
-        return None
+    exporter = _Exporter(transform)
+    graph = exporter.graph
+    images = exporter.input()
+    if flip:
+        images = exporter.mirrored_too(images)
+    largest = max(backbones)
+    pooled = [exporter.model(model, images if size == largest else exporter.resize(images, size))
+              for size, model in backbones.items()]
+    features = pooled[0]
+    if len(pooled) > 1:
+        features = graph.node("Mul", [graph.node("Sum", pooled, "summed"), graph.constant(1 / len(pooled))], "mean")
+    if flip:
+        # Rows 0..n-1 are the images and n..2n-1 their mirrors: (2n, f) -> (2, n, f) -> mean over the pair.
+        width = int(next(iter(backbones.values())).outputs[0].shape[-1])
+        pairs = graph.node("Reshape", [features, graph.constant([2, -1, width], "pairs", np.int64)], "pairs")
+        features = graph.node("ReduceMean", [pairs, graph.constant([0], "pair_axis", np.int64)], "mirror_mean",
+                              keepdims=0)
+    return exporter.serialise(features)
+
+
+def probe_pixels(height: int, width: int | None = None, count: int = 1) -> np.ndarray:
+    """A fixed batch of noise images: every pixel value and channel mix, for checking an export."""
+    return np.random.default_rng(0).integers(0, 256, (count, height, width or height, 3), dtype=np.uint8)
+
+
+def session_runner(graph: bytes | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function running a graph written by `export` (its bytes or its file) on uint8 batches with ONNX Runtime."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     # Spinning worker threads kept both cores busy between runs, starving the request threads' decoding:
     # a single ResNet50 search through HTTP took 99 ms with spinning and 62 ms without.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = onnxruntime.InferenceSession(blob, options, providers=["CPUExecutionProvider"])
-    dtype = probe.dtype
+    source = str(graph) if isinstance(graph, Path) else graph
+    session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=dtype)})[0]
+        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
 
-    count = len(probe)
-    expected = np.asarray(model(transform.apply(probe), training=False), np.float32).reshape(count, -1)
-    got = run(probe).reshape(count, -1)
-    agreement = float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
-    if agreement < MIN_PROBE_COSINE:
-        log.warning("ONNX Runtime features of %s differ from Keras (cosine %.6f); running it with TensorFlow",
-                    model.name, agreement)
-        return None
-    _release_freed_memory()
     return run
 
 
-def _release_freed_memory() -> None:
+def agreement(expected: np.ndarray, got: np.ndarray) -> float:
+    """The lowest cosine between matching rows of two feature batches."""
+    count = len(expected)
+    expected, got = expected.reshape(count, -1), got.reshape(count, -1)
+    return float(np.min(np.sum(_unit(expected) * _unit(got), axis=1)))
+
+
+def release_freed_memory() -> None:
     """Give the export's freed buffers back to the OS (140 MB for ResNet50), where the C library can."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)

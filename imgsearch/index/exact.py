@@ -26,8 +26,12 @@ class ExactIndex(VectorIndex):
     def remove(self, names: Sequence[str]) -> None:
         pass
 
-    def search(self, queries, k, exclude=frozenset()):
-        return top_k(self.store.snapshots(), queries, k, self.metric, exclude)
+    def search(self, queries, k, exclude=frozenset(), allowed=None):
+        # Exact: the filter masks rows before the top-k cut, so no candidates need fetching twice.
+        return top_k(self.store.snapshots(), queries, k, self.metric, exclude, allowed)
+
+    def _nearest(self, queries, n):
+        return top_k(self.store.snapshots(), queries, n, self.metric)
 
     def count(self) -> int:
         return len(self.store)

@@ -173,21 +173,15 @@ class FaissIndex(VectorIndex):
 
     # ----- reading -----------------------------------------------------------------------------
 
-    def search(self, queries, k, exclude=frozenset()):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+    def _nearest(self, queries, n):
         with self._lock:
-            if self._index is None or self._index.ntotal == 0:
+            if self._index is None or self._index.ntotal == 0 or n <= 0:
                 return [[] for _ in queries]
-            wanted = min(k + len(exclude), self._index.ntotal)
             params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self._index.nlist))
-            scores, ids = self._index.search(queries, wanted, params=params)
+            scores, ids = self._index.search(queries, min(n, self._index.ntotal), params=params)
             names = [[self._names.get(i) for i in row] for row in ids.tolist()]
-        results = []
-        for row_names, row_scores in zip(names, scores.tolist()):
-            hits = [(name, min(max(score, 0.0), 1.0)) for name, score in zip(row_names, row_scores)
-                    if name is not None and name not in exclude]
-            results.append(hits[:k])
-        return results
+        return [[(name, min(max(score, 0.0), 1.0)) for name, score in zip(row_names, row_scores) if name is not None]
+                for row_names, row_scores in zip(names, scores.tolist())]
 
     def count(self) -> int:
         with self._lock:

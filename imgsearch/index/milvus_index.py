@@ -149,19 +149,15 @@ class MilvusIndex(VectorIndex):
 
     # ----- reading -----------------------------------------------------------------------------
 
-    def search(self, queries, k, exclude=frozenset()):
-        queries = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        limit = min(k + len(exclude), MAX_TOP_K)
+    def _nearest(self, queries, n):
+        limit = min(n, MAX_TOP_K)
+        if limit <= 0:
+            return [[] for _ in queries]
         found = self.client.search(
             self.collection, data=queries, limit=limit, output_fields=["filename"],
             search_params={"metric_type": "COSINE", "params": {"ef": max(HNSW_EF_SEARCH, limit)}},
             consistency_level="Strong")
-        results = []
-        for hits in found:
-            ranked = [(hit["filename"], min(max(float(hit["distance"]), 0.0), 1.0)) for hit in hits
-                      if hit["filename"] not in exclude]
-            results.append(ranked[:k])
-        return results
+        return [[(hit["filename"], min(max(float(hit["distance"]), 0.0), 1.0)) for hit in hits] for hits in found]
 
     def count(self) -> int:
         rows = self.client.query(self.collection, filter="", output_fields=["count(*)"],

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 
 from ..duplicates import MIN_THRESHOLD
 from ..errors import RequestError
+from ..query import MAX_RESULTS_DEPTH, Box, Filters, filenames as query_filenames
 from ..service import ImageSearchService, SearchOptions, SearchOutcome
 from .errors import ApiError
 
@@ -66,6 +67,13 @@ def _field(name: str):
     return request.form.get(name)
 
 
+def _list_field(name: str):
+    """A list: a JSON array, or a form field given once per item (names may hold commas)."""
+    if request.is_json:
+        return _field(name)
+    return request.form.getlist(name) or None
+
+
 def _flag(value) -> bool:
     if isinstance(value, bool):
         return value
@@ -119,12 +127,25 @@ def _hit_json(hit) -> dict:
 
 @blueprint.get("/status")
 def status():
-    return jsonify({**service().status(), "auth_required": bool(service().settings.token)})
+    settings = service().settings
+    # `configured_model` is the engine asked for: with `fallback`, the one whose weights were missing.
+    return jsonify({**service().status(), "configured_model": settings.model, "auth_required": bool(settings.token)})
 
 
 @blueprint.get("/images")
 def list_images():
-    return jsonify(service().list_images())
+    """The gallery; `source` (originals or uploads), `tag`, `taken_from`, `taken_to` and `type` narrow it."""
+    return jsonify(service().list_images(Filters.parse(request.args)))
+
+
+@blueprint.get("/image/<path:filename>")
+def image_info(filename: str):
+    return jsonify(service().image_info(filename))
+
+
+@blueprint.get("/tags")
+def tags():
+    return jsonify({"tags": service().tag_counts()})
 
 
 @blueprint.get("/check-features")
@@ -218,6 +239,12 @@ def search():
         k=_k(_field("k")),
         min_similarity=_number("min_similarity", _field("min_similarity"), float, 0.0, 1.0) or 0.0,
         engine=_text("engine", _field("engine")),
+        page=_number("page", _field("page"), int, 1, MAX_RESULTS_DEPTH) or 1,
+        box=Box.parse(_field("box")),
+        text=_text("text", _field("text")),
+        positive=query_filenames(_list_field("positive"), "positive"),
+        negative=query_filenames(_list_field("negative"), "negative"),
+        filters=Filters.parse({name: _field(name) for name in ("source", "tag", "taken_from", "taken_to", "type")}),
     )
     core = service()
     upload = request.files.get("file")
@@ -234,9 +261,11 @@ def search():
         outcome = core.search_url(str(url).strip(), options, add_to_library)
     elif filename:
         outcome = core.search_filename(str(filename), options)
+    elif options.box:
+        raise ApiError(400, "A box is a region of a query image: give a 'file', a 'url' or a 'filename' with it.")
     else:
-        raise ApiError(400, "Give a query: an image 'file', an image 'url', or a library 'filename'.")
-    return jsonify(_outcome_json(outcome))
+        outcome = core.search_without_image(options)
+    return jsonify(_outcome_json(outcome, options))
 
 
 @blueprint.get("/duplicates")
@@ -246,8 +275,11 @@ def duplicates():
     per_page = _number("per_page", request.args.get("per_page"), int, 1, 200) or 20
     threshold, groups = service().duplicate_groups(threshold)
     is_original = service().library.is_original
+    # Groups made only of the shipped originals say nothing about the user's photos: shown when asked for.
+    numbered = [(number, group) for number, group in enumerate(groups, 1)
+                if _flag(request.args.get("original_groups")) or not all(map(is_original, group.members))]
     return jsonify({
-        "threshold": threshold, "total_groups": len(groups), "page": page, "per_page": per_page,
+        "threshold": threshold, "total_groups": len(numbered), "page": page, "per_page": per_page,
         "groups": [{
             "group": number,
             "members": [{"filename": name, "is_original": is_original(name),
@@ -256,7 +288,7 @@ def duplicates():
             "pairs": _pairs_json(group.pairs(0, PAIRS_PER_GROUP)),
             "pair_count": group.pair_count,
             "best_similarity": group.best_similarity,
-        } for number, group in enumerate(groups[(page - 1) * per_page: page * per_page], (page - 1) * per_page + 1)],
+        } for number, group in numbered[(page - 1) * per_page: page * per_page]],
     })
 
 
@@ -278,12 +310,27 @@ def _pairs_json(pairs) -> list[dict]:
     return [{"a": a, "b": b, "similarity": score} for a, b, score in pairs]
 
 
-def _outcome_json(outcome: SearchOutcome) -> dict:
+def _outcome_json(outcome: SearchOutcome, options: SearchOptions) -> dict:
     query = {"type": outcome.query_type}
     if outcome.query_filename:
         query["filename"] = outcome.query_filename
         query["image_url"] = url_for("images.image", filename=outcome.query_filename)
-    if outcome.query_type != "filename" and outcome.query_filename:
+    if outcome.query_type in ("file", "url") and outcome.query_filename:
         query["already_in_library"] = outcome.already_in_library
+    if options.box:
+        query["box"] = options.box.as_list()
+    if outcome.words:
+        query["text"] = {
+            "query": outcome.words.query,
+            "terms": [{"text": term.text, "words": list(term.words),
+                       "concepts": [{"id": c.wnid, "name": c.name, "definition": c.definition} for c in term.concepts]}
+                      for term in outcome.words.terms],
+            "unmatched": list(outcome.words.unmatched),
+        }
+    if options.positive or options.negative:
+        query["positive"], query["negative"] = list(options.positive), list(options.negative)
+    if options.filters.active:
+        query["filters"] = options.filters.as_dict()
     return {"results": [_hit_json(hit) for hit in outcome.hits], "query": query,
-            "model": outcome.engine.name, "metric": outcome.engine.metric}
+            "model": outcome.engine.name, "metric": outcome.engine.metric, "page": outcome.page,
+            "has_more": outcome.has_more, "reranked": outcome.reranked}

@@ -8,6 +8,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..errors import RequestError, shorten
 from ..library import NotFound
+from ..vocabulary import NoVocabularyMatch
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +20,8 @@ class ApiError(RequestError):
         super().__init__(message, status)
 
 
-def error_response(status: int, message: str):
-    response = jsonify({"error": message})
+def error_response(status: int, message: str, **details):
+    response = jsonify({"error": message, **details})
     response.status_code = status
     return response
 
@@ -29,6 +30,10 @@ def init_app(app: Flask) -> None:
     @app.errorhandler(RequestError)
     def refused(exc: RequestError):
         return error_response(exc.status, exc.message)
+
+    @app.errorhandler(NoVocabularyMatch)
+    def unknown_words(exc: NoVocabularyMatch):
+        return error_response(exc.status, exc.message, suggestions=exc.suggestions)
 
     @app.errorhandler(NotFound)
     def not_found(exc: NotFound):

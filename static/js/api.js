@@ -3,10 +3,12 @@
 const TOKEN_KEY = "imgsearch.token";
 
 export class ApiError extends Error {
-  constructor(message, status = 0) {
+  /** `data` is the server's JSON error body, when it sent one (a 422 for words carries `suggestions`). */
+  constructor(message, status = 0, data = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
+    this.data = data;
   }
 }
 
@@ -83,7 +85,7 @@ async function send(method, url, body) {
     throw new ApiError("The server could not be reached.", 0);
   }
   const data = await parseJson(response);
-  if (!response.ok) throw new ApiError(messageFor(response.status, data, response.statusText), response.status);
+  if (!response.ok) throw new ApiError(messageFor(response.status, data, response.statusText), response.status, data);
   return data;
 }
 
@@ -92,28 +94,56 @@ const enc = encodeURIComponent;
 export const imageUrl = (name) => `/images/${enc(name)}`;
 export const thumbUrl = (name) => `/images/thumb/${enc(name)}`;
 
+// Query parameters without the empty ones.
+function queryString(params) {
+  const entries = Object.entries(params).filter(([, value]) => value !== undefined && value !== null && value !== "");
+  return entries.length ? `?${new URLSearchParams(entries)}` : "";
+}
+
 export const getStatus = () => send("GET", "/api/status");
-export const listImages = () => send("GET", "/api/images");
+/** filters: {source, tag, taken_from, taken_to, type}, each optional. */
+export const listImages = (filters = {}) => send("GET", `/api/images${queryString(filters)}`);
+export const listTags = () => send("GET", "/api/tags");
+export const imageInfo = (name) => send("GET", `/api/image/${enc(name)}`);
 export const deleteImage = (name) => send("DELETE", `/api/delete-image/${enc(name)}`);
 export const deleteImages = (names) => send("POST", "/api/delete-images", { filenames: names });
 
-/** query: {file} | {url} | {filename}; options: {k, addToLibrary, minSimilarity (0..1, 0 = off)}. */
-export function search(query, { k, addToLibrary = false, minSimilarity = 0 } = {}) {
+/**
+ * One search. query: {file} | {url} | {filename} | {} (words or "more like" images alone), plus optional
+ * text, box ([x, y, w, h] fractions), positive and negative (library names), filters ({source, tag, taken_from,
+ * taken_to, type}). options: {k, page, addToLibrary, minSimilarity (0..1, 0 = off)}.
+ */
+export function search(query, { k, page = 1, addToLibrary = false, minSimilarity = 0 } = {}) {
+  const fields = {
+    url: query.url, filename: query.filename, text: query.text, box: query.box,
+    positive: query.positive?.length ? query.positive : undefined,
+    negative: query.negative?.length ? query.negative : undefined,
+    ...query.filters,
+    k, page: page > 1 ? page : undefined,
+    min_similarity: minSimilarity > 0 ? minSimilarity : undefined,
+    add_to_library: addToLibrary || undefined,
+  };
+  const present = Object.entries(fields).filter(([, value]) => value !== undefined && value !== null && value !== "");
+  // Only a file needs multipart. There a list of names is one field per name (a name may hold a comma),
+  // and the box is "x,y,w,h".
+  if (!query.file) return send("POST", "/api/search", Object.fromEntries(present));
   const form = new FormData();
-  if (query.file) form.append("file", query.file, query.file.name || "pasted-image.png");
-  if (query.url) form.append("url", query.url);
-  if (query.filename) form.append("filename", query.filename);
-  if (k) form.append("k", String(k));
-  if (minSimilarity > 0) form.append("min_similarity", String(minSimilarity));
-  if (addToLibrary) form.append("add_to_library", "true");
+  form.append("file", query.file, query.file.name || "pasted-image.png");
+  for (const [name, value] of present) {
+    if (name === "positive" || name === "negative") value.forEach((item) => form.append(name, item));
+    else form.append(name, Array.isArray(value) ? value.join(",") : String(value));
+  }
   return send("POST", "/api/search", form);
 }
 
-/** One page (1-based) of near-duplicate groups; a null threshold lets the server use its default. */
-export function findDuplicates({ threshold = null, page = 1, perPage = 20 } = {}) {
-  const params = new URLSearchParams({ page: String(page), per_page: String(perPage) });
-  if (threshold !== null) params.set("threshold", String(threshold));
-  return send("GET", `/api/duplicates?${params}`);
+/**
+ * One page (1-based) of near-duplicate groups; a null threshold lets the server use its default. Groups made
+ * only of the bundled examples come back only with `originalGroups`.
+ */
+export function findDuplicates({ threshold = null, page = 1, perPage = 20, originalGroups = false } = {}) {
+  return send("GET", `/api/duplicates${queryString({
+    page, per_page: perPage, threshold, original_groups: originalGroups ? 1 : null,
+  })}`);
 }
 
 // XMLHttpRequest rather than fetch because only it reports upload progress.

@@ -1,7 +1,7 @@
 // The Duplicates tab: groups of near-identical images, which one to keep, and deleting the rest.
-import { deleteImages, findDuplicates, imageUrl, thumbUrl } from "./api.js";
+import { deleteImages, findDuplicates, thumbUrl } from "./api.js";
 import { Pager, clearLazy, el, formatCount, icon, lazyImage, percent } from "./dom.js";
-import { confirmDialog, openViewer } from "./modal.js";
+import { confirmDialog, libraryItem, openViewer } from "./modal.js";
 import { showToast, toastError } from "./toast.js";
 
 const PER_PAGE = 20;
@@ -26,6 +26,7 @@ export class DuplicatesView {
     this.stale = true;
     this.librarySignature = null;
     this.pendingCount = 0;
+    this.hasExamples = false;
     // The user's "keep" choice per group (keyed by its members), so reloading a page does not reset it.
     this.keep = new Map();
     this.pager = new Pager(byId("duplicates-pager"), (page) => {
@@ -37,6 +38,8 @@ export class DuplicatesView {
       event.preventDefault();
       this.load(0, Number(this.slider.value));
     });
+    this.originalGroups = byId("original-groups");
+    this.originalGroups.addEventListener("change", () => this.load(0));
     this.showSliderValue();
   }
 
@@ -48,6 +51,12 @@ export class DuplicatesView {
 
   isVisible() {
     return !this.panel.hidden;
+  }
+
+  /** Whether the library has bundled examples at all: without them, there is nothing to show or hide. */
+  setHasExamples(hasExamples) {
+    this.hasExamples = hasExamples;
+    this.originalGroups.closest("label").hidden = !hasExamples;
   }
 
   /** The tab was opened: load the groups unless what is shown still matches the library. */
@@ -83,7 +92,9 @@ export class DuplicatesView {
 
     let data;
     try {
-      data = await findDuplicates({ threshold, page: page + 1, perPage: PER_PAGE });
+      data = await findDuplicates({
+        threshold, page: page + 1, perPage: PER_PAGE, originalGroups: this.originalGroups.checked,
+      });
     } catch (error) {
       if (id !== this.requestId) return;
       this.list.removeAttribute("aria-busy");
@@ -122,6 +133,8 @@ export class DuplicatesView {
       ? `${formatCount(this.total, "group")} of images ${thresholdLabel(this.threshold)} similar or more`
       : `No groups at ${thresholdLabel(this.threshold)} similarity or more`];
     if (this.total > PER_PAGE) notes.push(`showing ${first + 1}–${first + groups.length}`);
+    // The bundled examples alone say nothing about the user's photos; the server leaves those groups out.
+    if (this.hasExamples && !this.originalGroups.checked) notes.push("groups made only of bundled examples are not shown");
     if (this.pendingCount) {
       notes.push(`${formatCount(this.pendingCount, "image")} without features yet ${this.pendingCount === 1 ? "is" : "are"} not compared`);
     }
@@ -183,11 +196,8 @@ export class DuplicatesView {
     const name = member.filename;
     const view = el("button", { type: "button", class: "card-thumb", "aria-label": `View ${name}` },
       lazyImage(member.thumb_url || thumbUrl(name), name));
-    view.addEventListener("click", () => openViewer(members.map((each) => ({
-      src: each.image_url || imageUrl(each.filename),
-      title: each.filename,
-      meta: each.is_original ? "Original" : "Your upload",
-    })), index));
+    view.addEventListener("click", () => openViewer(members.map((each) =>
+      libraryItem(each.filename, each.is_original ? "Original" : "Your upload")), index));
 
     const badges = el("div", { class: "card-badges" });
     if (member.is_original) badges.append(el("span", { class: "badge badge-original" }, "Original"));

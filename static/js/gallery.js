@@ -1,8 +1,9 @@
 // The Gallery tab: uploads, the paged thumbnail grid, selection and deletion.
-import { deleteImage, deleteImages, imageUrl, thumbUrl, uploadFile } from "./api.js";
+import { deleteImage, deleteImages, listImages, thumbUrl, uploadFile } from "./api.js";
 import { Pager, bindDropTarget, clearLazy, el, formatCount, icon, lazyImage } from "./dom.js";
-import { confirmDialog, openViewer } from "./modal.js";
+import { confirmDialog, libraryItem, openViewer } from "./modal.js";
 import { showToast, toastError } from "./toast.js";
+import { isUnknownWords, suggestionButtons } from "./words.js";
 
 // Paging keeps the DOM small however large the library grows.
 const PAGE_SIZE = 200;
@@ -21,6 +22,9 @@ export class Gallery {
     this.selected = new Set();
     this.pageImages = [];
     this.filter = "";
+    this.tag = "";
+    this.source = null;
+    this.listing = null;
     this.loaded = false;
     this.grid = byId("gallery-grid");
     this.pager = new Pager(byId("gallery-pager"), () => {
@@ -34,12 +38,55 @@ export class Gallery {
       this.pager.page = 0;
       this.render();
     });
+    // "change" fires on Enter, on picking a suggestion and on leaving the field: not on every key.
+    byId("gallery-tag").addEventListener("change", (event) => this.filterByTag(event.target.value));
   }
 
-  /** data: the /api/images answer. */
-  setData({ images = [], original_images: originals = [], pending = [] }) {
+  /**
+   * listing: the /api/images answer for `source` (null: every image, "uploads": the user's own). With a
+   * tag filter the gallery asks for its own, narrower listing. Resolves once the grid is up to date.
+   */
+  async setData(listing, source = null) {
+    this.listing = listing;
+    this.source = source;
+    if (!this.tag) {
+      this.show(listing);
+      return;
+    }
+    const tag = this.tag;
+    try {
+      const tagged = await listImages({ source, tag });
+      if (tag === this.tag) this.show(tagged);
+    } catch (error) {
+      if (tag !== this.tag) return;
+      this.show({ images: [] });
+      const status = byId("gallery-tag-status");
+      status.hidden = false;
+      status.classList.add("error");
+      status.replaceChildren(...(isUnknownWords(error)
+        ? suggestionButtons(error.message, error.data.suggestions, (word) => {
+          byId("gallery-tag").value = word;
+          this.filterByTag(word);
+        })
+        : [`Could not filter by tag: ${error.message}`]));
+    }
+  }
+
+  filterByTag(value) {
+    const tag = value.trim();
+    if (tag === this.tag) return;
+    this.tag = tag;
+    this.pager.page = 0;
+    const status = byId("gallery-tag-status");
+    status.hidden = true;
+    status.classList.remove("error");
+    status.replaceChildren();
+    if (this.listing) this.setData(this.listing, this.source);
+  }
+
+  show({ images = [], original_images: originals = [], pending = [] }) {
     // Refreshes that change nothing must not rebuild the grid (and drop keyboard focus).
-    const signature = JSON.stringify([images, originals, pending]);
+    const signature = JSON.stringify([images, originals, pending, this.tag, this.source]);
     if (signature === this.signature) return;
     this.signature = signature;
     this.images = images;
@@ -59,11 +106,20 @@ export class Gallery {
   render() {
     const visible = this.visibleImages();
     const userCount = this.images.length - this.originals.size;
-    byId("gallery-count").textContent = this.loaded
-      ? `(${formatCount(this.images.length, "image")}, ${userCount.toLocaleString()} yours)`
-      : "";
-    byId("gallery-empty").hidden = !this.loaded || this.images.length > 0;
-    byId("gallery-no-match").hidden = this.images.length === 0 || visible.length > 0;
+    let count = "";
+    if (this.tag) count = `(${formatCount(this.images.length, "image")} tagged “${this.tag}”)`;
+    else if (this.source === "uploads") count = `(${formatCount(this.images.length, "image")} of yours)`;
+    else if (this.loaded) count = `(${formatCount(this.images.length, "image")}, ${userCount.toLocaleString()} yours)`;
+    byId("gallery-count").textContent = count;
+    byId("gallery-empty").hidden = !this.loaded || this.images.length > 0 || Boolean(this.tag);
+    byId("gallery-empty-title").textContent = this.source === "uploads"
+      ? "No images of your own yet (the bundled examples are hidden)"
+      : "Your library is empty";
+    const noMatch = byId("gallery-no-match");
+    noMatch.hidden = !this.loaded || visible.length > 0 || (this.images.length === 0 && !this.tag);
+    noMatch.textContent = this.images.length
+      ? "No image name matches the filter."
+      : `No image is tagged “${this.tag}”.`;
     const [start, end] = this.pager.update(visible.length, PAGE_SIZE);
     this.pageImages = visible.slice(start, end);
     const focus = this.focusedControl();
@@ -140,11 +196,8 @@ export class Gallery {
   }
 
   openViewerAt(index) {
-    openViewer(this.pageImages.map((name) => ({
-      src: imageUrl(name),
-      title: name,
-      meta: this.originals.has(name) ? "Original" : "Your upload",
-    })), index);
+    openViewer(this.pageImages.map((name) => libraryItem(name, this.originals.has(name) ? "Original" : "Your upload")),
+      index);
   }
 
   // ---- uploads
@@ -171,6 +224,7 @@ export class Gallery {
     list.append(...jobs.map((job) => job.row.item));
 
     const added = [];
+    const known = [];
     let next = 0;
     const worker = async () => {
       while (next < jobs.length) {
@@ -181,8 +235,15 @@ export class Gallery {
             row.progress.value = fraction;
             if (fraction >= 1) row.setState("Indexing…");
           });
-          added.push(result.filename || file.name);
-          row.finish();
+          const name = result.filename || file.name;
+          // The same bytes were stored before: nothing new was added, and the user should know under which name.
+          if (result.already_in_library) {
+            known.push({ upload: file.name, name });
+            row.finish(`Already in the library as ${name}`);
+          } else {
+            added.push(name);
+            row.finish("Added");
+          }
         } catch (error) {
           row.fail(error.message);
           showToast(`${file.name}: ${error.message}`, "error");
@@ -193,6 +254,11 @@ export class Gallery {
 
     if (added.length === 1) showToast(`Added ${added[0]} to the library.`, "success");
     else if (added.length > 1) showToast(`Added ${formatCount(added.length, "image")} to the library.`, "success");
+    if (known.length === 1) {
+      showToast(`${known[0].upload} is already in the library as ${known[0].name}; nothing was added.`, "info");
+    } else if (known.length > 1) {
+      showToast(`${formatCount(known.length, "image")} already in the library; nothing was added for them.`, "info");
+    }
     if (added.length) this.onChanged();
   }
 
@@ -273,10 +339,10 @@ function uploadRow(name) {
     setState(text) {
       state.textContent = text;
     },
-    finish() {
+    finish(message) {
       item.classList.add("done");
       progress.value = 1;
-      state.replaceChildren(icon("i-check"), "Added");
+      state.replaceChildren(icon("i-check"), message);
       setTimeout(() => item.remove(), DONE_ITEM_LINGER_MS);
     },
     fail(message) {

@@ -1,10 +1,47 @@
 // The full-size image viewer and the two small dialogs (confirmation, access token), all native <dialog>s.
+import { imageInfo, imageUrl } from "./api.js";
+import { el } from "./dom.js";
 
 const byId = (id) => document.getElementById(id);
 
 let viewerItems = [];
 let viewerIndex = 0;
 let viewerReturnFocus = null;
+let detailsRequest = 0;
+
+/** A viewer item for a library image: its tags and facts are fetched when it is shown. */
+export function libraryItem(name, meta) {
+  return { src: imageUrl(name), title: name, meta, filename: name };
+}
+
+function sizeLabel(bytes) {
+  if (bytes >= 1024 * 1024) return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  return `${Math.max(1, Math.round(bytes / 1024))} kB`;
+}
+
+/** The image's tags with their probabilities, its type, size and date taken (GET /api/image/<name>). */
+async function showDetails(item) {
+  const box = byId("viewer-details");
+  const request = ++detailsRequest;
+  box.replaceChildren();
+  if (!item.filename) return;
+  let info;
+  try {
+    info = await imageInfo(item.filename);
+  } catch {
+    return;  // the picture itself still shows; the details are extra
+  }
+  if (request !== detailsRequest) return;
+  const facts = [info.type?.toUpperCase(), info.size ? sizeLabel(info.size) : null,
+    info.taken_at ? `taken ${info.taken_at.slice(0, 10)}` : null].filter(Boolean);
+  const tags = info.tags || [];
+  box.replaceChildren(el("p", { class: "muted" }, facts.join(" · ")));
+  if (tags.length) {
+    box.append(el("div", { class: "tag-row" }, el("span", { class: "muted" }, "Tags"),
+      el("ul", { class: "chips", "aria-label": "Tags" }, ...tags.map((tag) => el("li", { class: "chip" },
+        tag.name, el("span", { class: "chip-score" }, `${Math.round(tag.probability * 100)}%`))))));
+  }
+}
 
 function showViewerItem() {
   const item = viewerItems[viewerIndex];
@@ -15,6 +52,7 @@ function showViewerItem() {
   byId("viewer-title").textContent = item.title;
   byId("viewer-meta").textContent = item.meta || "";
   byId("viewer-position").textContent = viewerItems.length > 1 ? `${viewerIndex + 1} / ${viewerItems.length}` : "";
+  showDetails(item);
   // Warm the cache for the neighbours so arrowing through feels instant.
   for (const step of [-1, 1]) {
     const neighbour = viewerItems[(viewerIndex + step + viewerItems.length) % viewerItems.length];
@@ -28,7 +66,7 @@ function stepViewer(step) {
   showViewerItem();
 }
 
-/** items: [{src, title, meta}]; opens at `index`. ArrowLeft/ArrowRight move, Esc closes. */
+/** items: [{src, title, meta, filename?}]; opens at `index`. ArrowLeft/ArrowRight move, Esc closes. */
 export function openViewer(items, index = 0) {
   const dialog = byId("viewer");
   viewerItems = items;
@@ -61,6 +99,7 @@ export function initModals() {
   });
   viewer.addEventListener("close", () => {
     byId("viewer-image").removeAttribute("src");
+    detailsRequest += 1;
     if (viewerReturnFocus && viewerReturnFocus.isConnected) viewerReturnFocus.focus();
     viewerReturnFocus = null;
   });

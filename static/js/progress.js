@@ -1,9 +1,12 @@
 // The "Generate Features" button and its live progress bar, fed by the server's event stream.
-import { generateFeatures } from "./api.js";
+import { generateFeatures, getStatus } from "./api.js";
 import { el, formatCount } from "./dom.js";
 import { showToast, toastError } from "./toast.js";
 
+// How often the page asks whether a job it cannot stream has finished.
+const JOB_POLL_MS = 2000;
 const byId = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 export class FeatureJob {
   /** onFinished runs after every run, successful or not, so the caller can refresh its data. */
@@ -34,17 +37,47 @@ export class FeatureJob {
       const done = await generateFeatures({ start, onEvent: (event) => this.showProgress(event) });
       this.showDone(done);
     } catch (error) {
-      this.panel.classList.add("failed");
-      this.label.textContent = "Feature generation failed";
-      this.count.textContent = error.message;
-      this.bar.value = 0;
-      toastError(error);
+      // 429: the server runs the job but already feeds as many progress streams as it allows.
+      if (error.status === 429) await this.waitWithoutStream();
+      else this.showFailure(error);
     } finally {
       this.running = false;
       this.button.disabled = false;
       this.panel.removeAttribute("aria-busy");
       this.onFinished();
     }
+  }
+
+  showFailure(error) {
+    this.panel.classList.add("failed");
+    this.label.textContent = "Feature generation failed";
+    this.count.textContent = error.message;
+    this.bar.value = 0;
+    toastError(error);
+  }
+
+  /** Follows a running job through /api/status when no progress stream is to be had. */
+  async waitWithoutStream() {
+    this.label.textContent = "Feature generation is running on the server";
+    this.count.textContent = "Its progress cannot be shown here now (too many open progress streams); "
+      + "this page checks every few seconds.";
+    let status;
+    try {
+      do {
+        await sleep(JOB_POLL_MS);
+        status = await getStatus();
+      } while (status.job?.running);
+    } catch (error) {
+      this.showFailure(error);
+      return;
+    }
+    this.panel.classList.add("done");
+    this.bar.max = 1;
+    this.bar.value = 1;
+    this.label.textContent = "Features are up to date";
+    const total = (status.originals || 0) + (status.user_images || 0);
+    this.count.textContent = `${status.indexed.toLocaleString()} of ${formatCount(total, "image")} indexed`;
+    showToast("Feature generation finished.", "success");
   }
 
   showProgress(event) {
