@@ -188,6 +188,14 @@ class FeatureStore:
     def stamp(self, name: str) -> tuple[int, int] | None:
         return self.originals.stamp(name) or self.uploads.stamp(name)
 
+    def stamps(self) -> dict[str, tuple[int, int]]:
+        """Every stored image's stamp by name, read from the snapshots at once (not one lock per name)."""
+        found = {}
+        for snapshot in (self.uploads.snapshot(), self.originals.snapshot()):
+            found.update(zip(snapshot.names, map(tuple, snapshot.stamps.tolist())))
+        found.pop(None, None)  # deleted rows
+        return found
+
     def vector(self, name: str) -> np.ndarray | None:
         vector = self.originals.vector(name)
         return vector if vector is not None else self.uploads.vector(name)
