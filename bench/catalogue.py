@@ -101,7 +101,9 @@ class App:
 
     def server(self, data_dir: Path, model: str, log_path: Path, env: dict[str, str] | None = None) -> ServerProcess:
         env = {"IMAGE_SEARCH_DATA_DIR": str(data_dir), "IMAGE_SEARCH_MODEL": model, "IMAGE_SEARCH_WEIGHTS": "random",
-               "IMAGE_SEARCH_LOG_LEVEL": "WARNING", **(env or {})}
+               "IMAGE_SEARCH_LOG_LEVEL": "WARNING",
+               # The baseline has no tags; ours would tag every placeholder image in the background.
+               "IMAGE_SEARCH_TAGS": "0", **(env or {})}
         return ServerProcess([sys.executable, str(self.tree / "app.py")], env, log_path, "/api/check-features",
                              cwd=self.tree)
 
