@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from .catalogue import Catalogue, ImageRecord, Stamp, Write, count_vectors, read_vectors
 from .engines.base import Engine
 from .index.base import VectorIndex
-from .store import FeatureStore
+from .store import GROWTH, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,12 @@ class FeatureSpace:
         """Replace the matrices with what the catalogue holds, filling preallocated buffers in chunks.
 
         Each chunk is copied into its set's buffer in one step (a library of 100k × 2048-d is 800 MB: a
-        loop over rows, or an extra copy, costs seconds of startup)."""
+        loop over rows, or an extra copy, costs seconds of startup). The buffers keep room to grow, so
+        the first images added after a start do not copy them all."""
         total = count_vectors(conn, self.model_id)
-        groups = {flag: ([], np.empty((total, self.engine.dim), np.float32), []) for flag in (True, False)}
+        originals = min(total, sum(1 for record in self.catalogue.records() if record.is_original))
+        groups = {flag: ([], np.empty((int(rows * GROWTH) + 16, self.engine.dim), np.float32), [])
+                  for flag, rows in ((True, originals), (False, total))}
         for names, matrix, stamps in read_vectors(conn, self.model_id, self.engine.dim):
             is_original = np.fromiter(map(self._is_original, names), bool, len(names))
             for flag in (True, False):
@@ -64,7 +67,7 @@ class FeatureSpace:
                 group_names.extend(names[row] for row in rows)
                 group_stamps.extend(stamps[row] for row in rows)
         for flag, (names, buffer, stamps) in groups.items():
-            self.store.set_for(flag).replace_all(names, buffer[:len(names)], np.asarray(stamps, np.int64))
+            self.store.set_for(flag).replace_all(names, buffer, np.asarray(stamps, np.int64))
         self.index.rebuild()
         self._changed()
         log.info("Loaded %d %s vectors from the catalogue", len(self.store), self.model_id)
