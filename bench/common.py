@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import os
 import platform
@@ -14,11 +15,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import requests
 from PIL import Image, ImageDraw, ImageFilter
+
+if TYPE_CHECKING:
+    from imgsearch.catalogue import ImageRecord
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 JPEG_QUALITY = 90
@@ -157,6 +161,14 @@ def proc_status_mb(pid: int | str = "self") -> dict:
     return {"rss_mb": values.get("VmRSS", 0.0), "peak_rss_mb": values.get("VmHWM", 0.0)}
 
 
+def proc_write_bytes(pid: int | str = "self") -> int:
+    """Bytes the process has sent towards the disk so far (counted when it dirties pages), from /proc."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/{pid}/io has no write_bytes")
+
+
 def available_memory_bytes() -> int:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -202,8 +214,10 @@ class ServerProcess:
     """A server command run as its own process on a free loopback port, polled until it answers."""
 
     def __init__(self, command: list[str], env: dict[str, str], log_path: Path, ready_path: str,
-                 ready: Callable[[requests.Response], bool] = lambda response: response.status_code == 200):
+                 ready: Callable[[requests.Response], bool] = lambda response: response.status_code == 200,
+                 cwd: Path = PROJECT_DIR):
         self.port = free_port()
+        self.cwd = cwd
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [*command, "--port", str(self.port)]
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **env}
@@ -217,7 +231,7 @@ class ServerProcess:
         """Start and wait for the first ready answer; records the seconds from process start to it."""
         self._log = open(self.log_path, "ab")
         started = time.perf_counter()
-        self.process = subprocess.Popen(self.command, cwd=PROJECT_DIR, env=self.env,
+        self.process = subprocess.Popen(self.command, cwd=self.cwd, env=self.env,
                                         stdout=self._log, stderr=subprocess.STDOUT)
         deadline = started + timeout
         while time.perf_counter() < deadline:
@@ -236,6 +250,9 @@ class ServerProcess:
 
     def memory(self) -> dict:
         return proc_status_mb(self.process.pid)
+
+    def write_bytes(self) -> int:
+        return proc_write_bytes(self.process.pid)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -360,6 +377,52 @@ def model_id_and_dim(model: str) -> tuple[str, int]:
     return engine.model_id, engine.dim
 
 
+def placeholder_images(images_dir: Path, count: int) -> tuple[list[str], list[ImageRecord]]:
+    """`count` tiny JPEGs, each with different bytes (a numbered comment), and the catalogue rows that describe
+    them as if each had been read once: stamp, SHA-256, type and date. Returns (names, rows)."""
+    from imgsearch.catalogue import ImageRecord
+
+    images_dir.mkdir(parents=True, exist_ok=True)
+    placeholder = jpeg_bytes(Image.new("RGB", (16, 16), (120, 130, 140)), quality=75)
+    names, records = [], []
+    for i in range(count):
+        name = f"user_{i:07d}.jpg"
+        comment = name.encode()
+        # A JPEG comment segment (FF FE, length) right after the start-of-image marker.
+        data = placeholder[:2] + b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment + placeholder[2:]
+        path = images_dir / name
+        path.write_bytes(data)
+        info = path.stat()
+        taken_at = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(info.st_mtime))
+        names.append(name)
+        records.append(ImageRecord(name, False, info.st_size, info.st_mtime_ns, hashlib.sha256(data).hexdigest(),
+                                   None, taken_at, "jpg"))
+    return names, records
+
+
+def link_images(source: Path, target: Path) -> None:
+    """Hard-link every file of `source` into `target`: the same files (and stamps) in another data folder."""
+    target.mkdir(parents=True, exist_ok=True)
+    for entry in os.scandir(source):
+        os.link(entry.path, target / entry.name)
+
+
+def fill_catalogue(url: str, model_id: str, records: list[ImageRecord], vectors: np.ndarray, chunk: int = 8192) -> None:
+    """Write image rows and their vectors into the catalogue at `url`, a few thousand per transaction."""
+    from imgsearch.catalogue import Catalogue
+
+    catalogue = Catalogue(url).open()
+    try:
+        for start in range(0, len(records), chunk):
+            rows = records[start:start + chunk]
+            with catalogue.write() as write:
+                write.put_records(rows)
+                write.put_vectors(model_id, [r.name for r in rows], vectors[start:start + chunk],
+                                  [r.stamp for r in rows])
+    finally:
+        catalogue.close()
+
+
 def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> dict:
     """A data folder whose catalogue already holds `count` user images with vectors, for the app and for
     the seed-style app.
@@ -368,30 +431,12 @@ def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> di
     unchanged. The app's catalogue (`catalogue.db`) gets the normalised vectors; the seed-style app gets
     the same vectors raw, as `features.npy` and `filenames.npy`.
     """
-    from imgsearch.catalogue import Catalogue, ImageRecord, database_url
+    from imgsearch.catalogue import database_url
 
     model_id, dim = model_id_and_dim(model)
-    images = data_dir / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    placeholder = jpeg_bytes(Image.new("RGB", (16, 16), (120, 130, 140)), quality=75)
-    names, stamps = [], []
-    for i in range(count):
-        name = f"user_{i:07d}.jpg"
-        path = images / name
-        path.write_bytes(placeholder)
-        info = path.stat()
-        names.append(name)
-        stamps.append((info.st_size, info.st_mtime_ns))
+    names, records = placeholder_images(data_dir / "images", count)
     vectors = synthetic_vectors(count, dim, seed)
     np.save(data_dir / "features.npy", vectors)
     np.save(data_dir / "filenames.npy", np.array(names))
-    normalise_rows_in_place(vectors)
-    catalogue = Catalogue(database_url("", data_dir)).open()
-    chunk = 8192
-    for start in range(0, count, chunk):
-        end = start + chunk
-        with catalogue.write() as write:
-            write.put_records(ImageRecord(name, False, *stamp) for name, stamp in zip(names[start:end], stamps[start:end]))
-            write.put_vectors(model_id, names[start:end], vectors[start:end], stamps[start:end])
-    catalogue.close()
+    fill_catalogue(database_url("", data_dir), model_id, records, normalise_rows_in_place(vectors))
     return {"model_id": model_id, "dim": dim, "count": count, "matrix_bytes": count * dim * 4}

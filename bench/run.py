@@ -19,11 +19,11 @@ if __package__ in (None, ""):
     # Run as `python bench/run.py`: import the bench package, not this folder's modules as top-level names.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import extraction, http_search, lean_serving, search, startup_memory  # noqa: E402
+from bench import catalogue, extraction, http_search, lean_serving, search, startup_memory  # noqa: E402
 from bench.common import machine_info, peak_gflops, write_photos  # noqa: E402
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results.json"
-SECTIONS = ("extraction", "search", "http", "startup_memory", "lean")
+SECTIONS = ("extraction", "search", "http", "startup_memory", "lean", "catalogue")
 
 MODES = {
     "full": {
@@ -98,6 +98,7 @@ def run(mode: str, output: Path, sections: tuple[str, ...] = SECTIONS) -> dict:
             "lean": lambda: lean_serving.run(plan["lean_configs"], plan["lean_n"], workdir, plan["lean_queries"],
                                              write_photos(workdir / "lean-photos", plan["photos"]),
                                              cold=plan["lean_cold"]),
+            "catalogue": lambda: catalogue.run(catalogue.PLANS[mode], workdir),
         }
         for name in sections:
             section_start = time.perf_counter()

@@ -48,7 +48,9 @@ CHANGES_FLOOR = "changes_floor"  # every change at or below this seq may have be
 KEEP_CHANGES = 100_000      # how many change numbers of history followers can catch up from
 PRUNE_EVERY = 1024
 NAME_CHUNK = 500            # names per IN (...) clause
-READ_CHUNK = 4096           # vector rows fetched at a time when loading a space
+# Vector bytes fetched at a time when loading a space. Chunks well under the C allocator's 32 MB mmap limit reuse
+# the same memory; bigger ones come fresh from the kernel each time, and faulting that in costs more than the copy.
+READ_CHUNK_BYTES = 8 << 20
 
 Stamp = tuple[int, int]
 
@@ -422,18 +424,24 @@ class Write:
 
 def read_vectors(conn: sa.Connection, model_id: str, dim: int,
                  names: Sequence[str] | None = None) -> Iterator[tuple[list[str], np.ndarray, list[Stamp]]]:
-    """An engine's vectors in chunks of (names, (n, dim) matrix, stamps): all of them, or those of `names`."""
+    """An engine's vectors in chunks of (names, (n, dim) matrix, stamps): all of them, or those of `names`.
+
+    Each matrix is a read-only view of the fetched bytes: callers copy what they keep, and nothing is copied twice.
+    """
     query = sa.select(vectors.c.name, vectors.c.size, vectors.c.mtime_ns, vectors.c.format, vectors.c.vector) \
         .where(vectors.c.model_id == model_id)
     batches = [query] if names is None else [query.where(vectors.c.name.in_(chunk))
                                               for chunk in chunked(list(names), NAME_CHUNK)]
     for batch in batches:
-        result = conn.execution_options(stream_results=True, yield_per=READ_CHUNK).execute(batch)
+        result = conn.execution_options(stream_results=True, yield_per=max(1, READ_CHUNK_BYTES // (4 * dim))) \
+            .execute(batch)
         for rows in result.partitions():
             rows = [row for row in rows if row.format == VECTOR_FORMAT and len(row.vector) == 4 * dim]
             if rows:
                 matrix = np.frombuffer(b"".join(row.vector for row in rows), "<f4").reshape(len(rows), dim)
-                yield [row.name for row in rows], matrix.astype(np.float32), [(row.size, row.mtime_ns) for row in rows]
+                # float32 as stored: no copy on little-endian machines, a byte swap elsewhere.
+                yield ([row.name for row in rows], matrix.astype(np.float32, copy=False),
+                       [(row.size, row.mtime_ns) for row in rows])
 
 
 def model_dimensions(conn: sa.Connection) -> dict[str, int]:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from .catalogue import Catalogue, ImageRecord, Stamp, Write, count_vectors, read_vectors
 from .engines.base import Engine
 from .index.base import VectorIndex
-from .store import FeatureStore
+from .store import GROWTH, FeatureStore
 
 log = logging.getLogger(__name__)
 
@@ -48,18 +48,26 @@ class FeatureSpace:
         self.catalogue.detach(self)
 
     def reload(self, conn: sa.Connection) -> None:
-        """Replace the matrices with what the catalogue holds, filling preallocated buffers in chunks."""
+        """Replace the matrices with what the catalogue holds, filling preallocated buffers in chunks.
+
+        Each chunk is copied into its set's buffer in one step (a library of 100k × 2048-d is 800 MB: a
+        loop over rows, or an extra copy, costs seconds of startup). The buffers keep room to grow, so
+        the first images added after a start do not copy them all."""
         total = count_vectors(conn, self.model_id)
-        groups = {flag: ([], np.empty((total, self.engine.dim), np.float32), []) for flag in (True, False)}
+        originals = min(total, sum(1 for record in self.catalogue.records() if record.is_original))
+        groups = {flag: ([], np.empty((int(rows * GROWTH) + 16, self.engine.dim), np.float32), [])
+                  for flag, rows in ((True, originals), (False, total))}
         for names, matrix, stamps in read_vectors(conn, self.model_id, self.engine.dim):
-            for name, vector, stamp in zip(names, matrix, stamps):
-                record = self.catalogue.get(name)
-                group_names, buffer, group_stamps = groups[bool(record and record.is_original)]
-                buffer[len(group_names)] = vector
-                group_names.append(name)
-                group_stamps.append(stamp)
+            is_original = np.fromiter(map(self._is_original, names), bool, len(names))
+            for flag in (True, False):
+                rows = np.flatnonzero(is_original == flag)
+                group_names, buffer, group_stamps = groups[flag]
+                start = len(group_names)
+                np.take(matrix, rows, axis=0, out=buffer[start:start + len(rows)], mode="clip")  # "raise" copies twice
+                group_names.extend(names[row] for row in rows)
+                group_stamps.extend(stamps[row] for row in rows)
         for flag, (names, buffer, stamps) in groups.items():
-            self.store.set_for(flag).replace_all(names, buffer[:len(names)], np.asarray(stamps, np.int64))
+            self.store.set_for(flag).replace_all(names, buffer, np.asarray(stamps, np.int64))
         self.index.rebuild()
         self._changed()
         log.info("Loaded %d %s vectors from the catalogue", len(self.store), self.model_id)
@@ -144,9 +152,9 @@ class FeatureSpace:
         key = (self.catalogue.version, self.version, with_unreadable)
         with self._pending_lock:
             if self._pending_cache is None or self._pending_cache[0] != key:
-                stamp = self.store.stamp
+                stamps = self.store.stamps()
                 work = [record for record in self.catalogue.records()
-                        if (with_unreadable or record.error is None) and stamp(record.name) != record.stamp]
+                        if (with_unreadable or record.error is None) and stamps.get(record.name) != record.stamp]
                 work.sort(key=lambda record: (not record.is_original, record.name))
                 self._pending_cache = (key, [record.name for record in work])
             return self._pending_cache[1]

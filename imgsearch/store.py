@@ -128,11 +128,18 @@ class FeatureSet:
             return removed
 
     def replace_all(self, names: Sequence[str], matrix: np.ndarray, stamps: np.ndarray) -> None:
-        """Make the set hold exactly these rows (used when loading from the catalogue)."""
-        matrix = np.ascontiguousarray(matrix, np.float32).reshape(len(names), self.dim)
+        """Make the set hold exactly these rows (used when loading from the catalogue).
+
+        `matrix` may have more rows than `names`: the rest is room for the rows added next, which then
+        copy nothing (growing a 100k × 2048-d set copies 800 MB)."""
+        n = len(names)
+        matrix = np.ascontiguousarray(matrix, np.float32).reshape(-1, self.dim)
         with self._rows_lock:
-            self._buffer, self._stamps = matrix, np.asarray(stamps, np.int64).reshape(len(names), 2)
-            self._sq_norms = np.einsum("ij,ij->i", matrix, matrix).astype(np.float32)
+            self._buffer = matrix
+            self._stamps = np.zeros((len(matrix), 2), np.int64)
+            self._stamps[:n] = np.asarray(stamps, np.int64).reshape(n, 2)
+            self._sq_norms = np.zeros(len(matrix), np.float32)
+            self._sq_norms[:n] = np.einsum("ij,ij->i", matrix[:n], matrix[:n])
             self._names = list(names)
             self._rows = {name: row for row, name in enumerate(names)}
             self._dead = []
@@ -187,6 +194,14 @@ class FeatureStore:
 
     def stamp(self, name: str) -> tuple[int, int] | None:
         return self.originals.stamp(name) or self.uploads.stamp(name)
+
+    def stamps(self) -> dict[str, tuple[int, int]]:
+        """Every stored image's stamp by name, read from the snapshots at once (not one lock per name)."""
+        found = {}
+        for snapshot in (self.uploads.snapshot(), self.originals.snapshot()):
+            found.update(zip(snapshot.names, map(tuple, snapshot.stamps.tolist())))
+        found.pop(None, None)  # deleted rows
+        return found
 
     def vector(self, name: str) -> np.ndarray | None:
         vector = self.originals.vector(name)

@@ -125,8 +125,10 @@ def sync(catalogue: Catalogue, spaces: FeatureSpace | Sequence[FeatureSpace], so
     spaces = [spaces] if isinstance(spaces, FeatureSpace) else list(spaces)
     report = reconcile(catalogue, source, only)
     progress = progress or (lambda done, total, name, reason: None)
-    needed = [{name for name in space.pending(retry_unreadable) if only is None or only(name)} for space in spaces]
-    rank = {name: i for i, name in enumerate(name for space in spaces for name in space.pending(retry_unreadable))}
+    # Each space's list is read once: an upload or delete meanwhile must not make the two views disagree.
+    pending_lists = [space.pending(retry_unreadable) for space in spaces]
+    needed = [{name for name in names if only is None or only(name)} for names in pending_lists]
+    rank = {name: i for i, name in enumerate(name for names in pending_lists for name in names)}
     pending = sorted(set().union(*needed), key=rank.__getitem__)  # the spaces' own order: originals first
     total = len(pending)
     report.unchanged = sum(1 for record in catalogue.records() if (only is None or only(record.name))

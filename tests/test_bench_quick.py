@@ -17,7 +17,7 @@ from conftest import PROJECT_DIR
 # Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
 pytestmark = pytest.mark.slow
 
-SECTIONS = {"extraction", "search", "http", "startup_memory", "lean"}
+SECTIONS = {"extraction", "search", "http", "startup_memory", "lean", "catalogue"}
 ROW_KEYS = {"section", "metric", "unit", "ours", "baseline", "speedup", "higher_is_better", "target", "target_met"}
 
 
@@ -31,7 +31,8 @@ def test_smoke_run_writes_every_section(tmp_path, cache_dir):
     assert results["mode"] == "smoke"
     assert set(results["sections"]) == SECTIONS
     assert {"cpu", "cores", "peak_fp32_gflop_s"} <= set(results["machine"])
-    assert {row["section"] for row in results["rows"]} == {"extraction", "search", "http", "startup", "memory", "lean"}
+    assert {row["section"] for row in results["rows"]} == {"extraction", "search", "http", "startup", "memory", "lean",
+                                                          "catalogue"}
     for row in results["rows"]:
         assert ROW_KEYS <= set(row)
     assert "seed-style" in completed.stdout
