@@ -376,9 +376,14 @@ def session_runner(graph: bytes | Path) -> Callable[[np.ndarray], np.ndarray]:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     source = str(graph) if isinstance(graph, Path) else graph
     session = onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    # The arena keeps the peak of every run: after one batch of 32 at 240 px, Lite1 and the tagger held
+    # 1.3 GB until the process ended. Shrinking it after each run gave back all but 190 MB, at no measured
+    # cost to batch or single-image times.
+    shrink = onnxruntime.RunOptions()
+    shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def run(batch: np.ndarray) -> np.ndarray:
-        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.uint8)})[0]
+        return session.run(None, {"image": np.ascontiguousarray(batch, dtype=np.uint8)}, shrink)[0]
 
     return run
 
