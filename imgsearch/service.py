@@ -137,7 +137,7 @@ class ImageSearchService:
         self._follower = CatalogueFollower(self.catalogue).start()
         if self.settings.watch_folder or self.settings.rescan_seconds:
             self._watcher = FolderWatcher(self.settings.images_dir, self.sync_now, self.settings.rescan_seconds,
-                                          notify=self.settings.watch_folder).start()
+                                          notify=self.settings.watch_folder, recorded=self._recorded).start()
         self._spaces = self._open_search_spaces()
         if any(space.pending() for space in self._synced_spaces()):
             self.startup_job = self.generate_features()
@@ -227,6 +227,14 @@ class ImageSearchService:
             job.thread.join()
             job = self.generate_features()
         job.thread.join()
+
+    def _recorded(self, names: set[str]) -> bool:
+        """Whether the catalogue holds each of these files of images/ as it is now (or, gone, not at all)."""
+        for name in names:
+            record = self.catalogue.get(name)
+            if (record.stamp if record else None) != current_stamp(self.library, name):
+                return False
+        return True
 
     def _synced_spaces(self) -> list[FeatureSpace]:
         """What the feature job and uploads keep current: the active engine's vectors, the previous engine's

@@ -25,26 +25,44 @@ FOLLOW_SECONDS = 1.0
 
 
 class _Changed(FileSystemEventHandler):
+    """Collects the names of the files that changed, and wakes the watcher."""
+
     def __init__(self, event: threading.Event):
         self.event = event
+        self.names: set[str] = set()
+        self.lock = threading.Lock()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if event.event_type in ("created", "deleted", "moved", "closed", "modified") and not event.is_directory:
             name = Path(event.dest_path or event.src_path).name if event.event_type == "moved" else \
                 Path(event.src_path).name
             if not name.startswith("."):  # the app's own temporary files
+                with self.lock:
+                    self.names.add(name)
                 self.event.set()
+
+    def take(self) -> set[str]:
+        with self.lock:
+            names, self.names = self.names, set()
+        return names
 
 
 class FolderWatcher:
-    """Calls `sync()` after files in `folder` change (when `notify`), and every `rescan_seconds` (0: never)."""
+    """Calls `sync()` after files in `folder` change (when `notify`), and every `rescan_seconds` (0: never).
 
-    def __init__(self, folder: Path, sync: Callable[[], None], rescan_seconds: float, notify: bool = True):
+    `recorded(names)` says whether the catalogue already holds those files as they are now: then the change
+    was the app's own (an upload, a delete) and the sync, which lists and stats the whole folder, is skipped.
+    """
+
+    def __init__(self, folder: Path, sync: Callable[[], None], rescan_seconds: float, notify: bool = True,
+                 recorded: Callable[[set[str]], bool] = lambda names: False):
         self.folder = Path(folder)
         self.sync = sync
         self.rescan_seconds = rescan_seconds
         self.notify = notify
+        self.recorded = recorded
         self._changed = threading.Event()
+        self._handler = _Changed(self._changed)
         self._stopped = threading.Event()
         self._observer: Observer | None = None
         self._thread = threading.Thread(target=self._run, name="folder-watcher", daemon=True)
@@ -53,7 +71,7 @@ class FolderWatcher:
         if self.notify:
             try:
                 observer = Observer()
-                observer.schedule(_Changed(self._changed), str(self.folder), recursive=False)
+                observer.schedule(self._handler, str(self.folder), recursive=False)
                 observer.daemon = True
                 observer.start()
                 self._observer = observer
@@ -77,7 +95,10 @@ class FolderWatcher:
                 return
             while self._changed.wait(SETTLE_SECONDS) and not self._stopped.is_set():
                 self._changed.clear()  # still changing: wait until it settles
+            names = self._handler.take()
             try:
+                if names and self.recorded(names):
+                    continue
                 self.sync()
             except Exception:
                 log.exception("Syncing the library with %s failed", self.folder)

@@ -16,6 +16,7 @@ import requests
 from conftest import DEFAULT_ORIGINALS, LiveServer, make_image, make_library
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.imaging import open_image
+from imgsearch.watch import SETTLE_SECONDS, FolderWatcher
 
 # Slow: real server processes (or the browser, or the benchmark run); `make test-fast` leaves these out.
 pytestmark = pytest.mark.slow
@@ -169,6 +170,29 @@ def test_files_copied_in_or_removed_by_hand_are_followed(tmp_path):
         assert status(server)["unreadable"] == []
     finally:
         server.stop()
+
+
+def test_the_watcher_skips_the_folder_scan_for_changes_the_catalogue_already_holds(tmp_path):
+    """An upload's own file wakes the watcher too; the whole folder is listed only when something is new."""
+    scans, checked = [], []
+    recorded = {"app_upload.png"}
+
+    def is_recorded(names):
+        checked.append(names)
+        return names <= recorded
+
+    watcher = FolderWatcher(tmp_path, lambda: scans.append(True), rescan_seconds=0, recorded=is_recorded).start()
+    try:
+        (tmp_path / "app_upload.png").write_bytes(make_image("red", seed=1))
+        eventually(lambda: checked, "the watcher sees the upload")
+        time.sleep(2 * SETTLE_SECONDS)  # late events of the same write are checked, and skipped, too
+        assert all(names == {"app_upload.png"} for names in checked) and scans == []
+
+        (tmp_path / "copied_by_hand.png").write_bytes(make_image("blue", seed=2))
+        eventually(lambda: scans, "a file the catalogue does not hold is synced")
+        assert checked[-1] == {"copied_by_hand.png"}
+    finally:
+        watcher.stop()
 
 
 def test_the_same_bytes_are_stored_once(client, data_dir):
