@@ -172,7 +172,7 @@ class Libraries:
             model_id, dim = app.engine(model)
             vectors = normalise_rows_in_place(synthetic_vectors(self.n, dim))
             if app.label == "ours":
-                fill_catalogue(f"sqlite:///{store / 'catalogue.db'}", model_id, records, vectors)
+                fill_catalogue(f"sqlite:///{store / 'catalogue.db'}", records, {model_id: vectors})
             else:
                 write_npz_store(store, model_id, records, vectors)
             self._stores[key] = store

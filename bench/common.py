@@ -407,8 +407,9 @@ def link_images(source: Path, target: Path) -> None:
         os.link(entry.path, target / entry.name)
 
 
-def fill_catalogue(url: str, model_id: str, records: list[ImageRecord], vectors: np.ndarray, chunk: int = 8192) -> None:
-    """Write image rows and their vectors into the catalogue at `url`, a few thousand per transaction."""
+def fill_catalogue(url: str, records: list[ImageRecord], spaces: dict[str, np.ndarray], chunk: int = 8192) -> None:
+    """Write image rows and their vectors in each feature space (model id -> one row per record) into the
+    catalogue at `url`, a few thousand images per transaction."""
     from imgsearch.catalogue import Catalogue
 
     catalogue = Catalogue(url).open()
@@ -417,10 +418,25 @@ def fill_catalogue(url: str, model_id: str, records: list[ImageRecord], vectors:
             rows = records[start:start + chunk]
             with catalogue.write() as write:
                 write.put_records(rows)
-                write.put_vectors(model_id, [r.name for r in rows], vectors[start:start + chunk],
-                                  [r.stamp for r in rows])
+                for model_id, vectors in spaces.items():
+                    write.put_vectors(model_id, [r.name for r in rows], vectors[start:start + chunk],
+                                      [r.stamp for r in rows])
     finally:
         catalogue.close()
+
+
+def synthetic_tags(count: int, seed: int = 0) -> tuple[str, np.ndarray]:
+    """The tagger's feature-space id and `count` tag vectors packed as it packs them, from random class
+    probabilities: a library whose tagging is done, as it is once the app has indexed it."""
+    from imgsearch.config import Settings
+    from imgsearch.engines.tagger import ImageNetTagger
+    from imgsearch.tagging import top_tags
+
+    tagger = ImageNetTagger(Settings.from_env().cache_dir)
+    logits = np.random.default_rng(seed).normal(0, 3, (count, 1000)).astype(np.float32)
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    classes, kept = top_tags(probabilities / probabilities.sum(axis=1, keepdims=True))
+    return tagger.model_id, np.concatenate([classes.astype(np.float32), kept], axis=1)
 
 
 def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> dict:
@@ -428,15 +444,21 @@ def prefill_library(data_dir: Path, model: str, count: int, seed: int = 0) -> di
     the seed-style app.
 
     Each vector gets a tiny real JPEG file so the app's startup check finds every image present and
-    unchanged. The app's catalogue (`catalogue.db`) gets the normalised vectors; the seed-style app gets
-    the same vectors raw, as `features.npy` and `filenames.npy`.
+    unchanged. The app's catalogue (`catalogue.db`) gets the normalised vectors, and tags unless the
+    settings turn tagging off; the seed-style app gets the same vectors raw, as `features.npy` and
+    `filenames.npy`.
     """
     from imgsearch.catalogue import database_url
+    from imgsearch.config import Settings
 
     model_id, dim = model_id_and_dim(model)
     names, records = placeholder_images(data_dir / "images", count)
     vectors = synthetic_vectors(count, dim, seed)
     np.save(data_dir / "features.npy", vectors)
     np.save(data_dir / "filenames.npy", np.array(names))
-    fill_catalogue(database_url("", data_dir), model_id, records, normalise_rows_in_place(vectors))
+    spaces = {model_id: normalise_rows_in_place(vectors)}
+    if Settings.from_env().tag_images:
+        tags_id, tags = synthetic_tags(count, seed)
+        spaces[tags_id] = tags
+    fill_catalogue(database_url("", data_dir), records, spaces)
     return {"model_id": model_id, "dim": dim, "count": count, "matrix_bytes": count * dim * 4}
