@@ -96,8 +96,10 @@ class App:
 
     def engine(self, model: str) -> tuple[str, int]:
         """(model_id, dim) of `model` as this version names it, without loading the model."""
-        code = ("from imgsearch.config import Settings; from imgsearch.engines import _build; "
-                f"engine = _build({model!r}, Settings.from_env()); print(engine.model_id, engine.dim)")
+        # The engine factory is `build_engine` now and was `_build` in the .npz store's version.
+        code = ("from imgsearch.config import Settings; from imgsearch import engines; "
+                "build = getattr(engines, 'build_engine', None) or engines._build; "
+                f"engine = build({model!r}, Settings.from_env()); print(engine.model_id, engine.dim)")
         out = subprocess.run([sys.executable, "-c", code], cwd=self.tree, capture_output=True, text=True, check=True,
                              env={**os.environ, "IMAGE_SEARCH_WEIGHTS": "random"}).stdout.split()
         return out[-2], int(out[-1])
