@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 import requests
 
-from .common import (PROJECT_DIR, PostgresServer, ServerProcess, fill_catalogue, jpeg_bytes, link_images,
+from .common import (PROJECT_DIR, PostgresServer, ServerProcess, fill_catalogue, jpeg_bytes, link_images, poll_until,
                      median, normalise_rows_in_place, photo_like, placeholder_images, postgres_binaries,
                      proc_write_bytes, query_jpeg, result_row, synthetic_vectors)
 
@@ -184,14 +184,7 @@ class Libraries:
 # ----- HTTP helpers ------------------------------------------------------------------------------
 
 def wait_until(check, what: str):
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"not within {PATIENCE_S:.0f} s: {what}")
-        time.sleep(0.1)
+    return poll_until(check, what, PATIENCE_S)
 
 
 def status(server: ServerProcess) -> dict:

@@ -407,6 +407,19 @@ def link_images(source: Path, target: Path) -> None:
         os.link(entry.path, target / entry.name)
 
 
+def poll_until(check: Callable[[], object], what: str, patience: float):
+    """Call `check()` every 0.1 s until it returns something truthy, and return that; after `patience`
+    seconds raise TimeoutError naming `what`. It bounds a wait; it times nothing."""
+    deadline = time.monotonic() + patience
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not within {patience:.0f} s: {what}")
+        time.sleep(0.1)
+
+
 def fill_catalogue(url: str, records: list[ImageRecord], spaces: dict[str, np.ndarray], chunk: int = 8192) -> None:
     """Write image rows and their vectors in each feature space (model id -> one row per record) into the
     catalogue at `url`, a few thousand images per transaction."""

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import requests
 
+from bench.common import poll_until
 from conftest import DEFAULT_ORIGINALS, LiveServer, make_image, make_library
 from imgsearch.engines.color import ColorHistogramEngine
 from imgsearch.imaging import open_image
@@ -34,13 +35,7 @@ def new_library(root: Path) -> Path:
 
 def eventually(check, what: str):
     """Poll `check()` until it returns something truthy; fail, saying `what`, after PATIENCE seconds."""
-    deadline = time.monotonic() + PATIENCE
-    while True:
-        result = check()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"not within {PATIENCE} s: {what}"
-        time.sleep(0.1)
+    return poll_until(check, what, PATIENCE)
 
 
 def upload(server: LiveServer, data: bytes, name: str) -> dict:
