@@ -982,3 +982,4 @@ def test_results_reordered_by_query_expansion_say_so(browser, request, unwatched
     expect(note).to_be_visible()
     expect(note).to_contain_text("query expansion")
     expect(note).to_contain_text("Each score is still that image's own similarity to the query.")
+    screenshot(page, "search-reranked")
