@@ -90,14 +90,14 @@ class FolderWatcher:
 
     def _run(self) -> None:
         while not self._stopped.is_set():
-            self._changed.wait(self.rescan_seconds or None)
+            notified = self._changed.wait(self.rescan_seconds or None)  # False: time for the periodic rescan
             if self._stopped.is_set():
                 return
             while self._changed.wait(SETTLE_SECONDS) and not self._stopped.is_set():
                 self._changed.clear()  # still changing: wait until it settles
             names = self._handler.take()
             try:
-                if names and self.recorded(names):
+                if notified and names and self.recorded(names):
                     continue
                 self.sync()
             except Exception:
