@@ -7,6 +7,7 @@ token prompt and the blocked-address error. Screenshots land in tests/artifacts/
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import http.server
 import io
@@ -80,18 +81,30 @@ def _library(tmp_path_factory, name: str, originals: dict) -> Path:
     return make_library(data_dir, images)
 
 
+# The offline network's shape with untrained weights: the page's behaviour, not its rankings, is under test.
+UNTRAINED_LITE0 = {"IMAGE_SEARCH_MODEL": "efficientnet-lite0", "IMAGE_SEARCH_WEIGHTS": "random"}
+
+
+@contextlib.contextmanager
+def _serving(tmp_path_factory, cache_dir, folder: str, images: dict[str, bytes], env: dict[str, str]):
+    """A started server on a fresh library of `images`; its data folder is `live.data_dir`."""
+    data_dir = _library(tmp_path_factory, folder, images)
+    live = LiveServer(data_dir, cache_dir=cache_dir, env=env).start()
+    live.data_dir = data_dir
+    try:
+        yield live
+    finally:
+        live.stop()
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, cache_dir):
-    data_dir = _library(tmp_path_factory, "browser-library", ORIGINALS)
-    live = LiveServer(data_dir, cache_dir=cache_dir, env={
-        "IMAGE_SEARCH_MODEL": "efficientnet-lite0",
-        "IMAGE_SEARCH_WEIGHTS": "random",
+    with _serving(tmp_path_factory, cache_dir, "browser-library", ORIGINALS, {
+        **UNTRAINED_LITE0,
         "IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "1",
         "IMAGE_SEARCH_QUERY_EXPANSION": "0",  # results in the order of the scores shown
-    }).start()
-    live.data_dir = data_dir
-    yield live
-    live.stop()
+    }) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
@@ -100,29 +113,23 @@ def unwatched_server(tmp_path_factory, cache_dir):
 
     It also orders results by query expansion, as the default settings do, which the page must say.
     """
-    data_dir = _library(tmp_path_factory, "unwatched-library", ORIGINALS)
-    live = LiveServer(data_dir, cache_dir=cache_dir, env={
-        "IMAGE_SEARCH_MODEL": "efficientnet-lite0",
-        "IMAGE_SEARCH_WEIGHTS": "random",
+    with _serving(tmp_path_factory, cache_dir, "unwatched-library", ORIGINALS, {
+        **UNTRAINED_LITE0,
         "IMAGE_SEARCH_WATCH": "0",
         "IMAGE_SEARCH_RESCAN_SECONDS": "0",
-    }).start()
-    live.data_dir = data_dir
-    yield live
-    live.stop()
+    }) as live:
+        yield live
 
 
 @pytest.fixture(scope="module")
 def strict_server(tmp_path_factory, cache_dir):
     """Token required, private addresses refused; the colour engine keeps it cheap to start."""
-    data_dir = _library(tmp_path_factory, "strict-library", {"red_circle.png": ORIGINALS["red_circle.png"]})
-    live = LiveServer(data_dir, cache_dir=cache_dir, env={
+    with _serving(tmp_path_factory, cache_dir, "strict-library", {"red_circle.png": ORIGINALS["red_circle.png"]}, {
         "IMAGE_SEARCH_MODEL": "color",
         "IMAGE_SEARCH_TOKEN": TOKEN,
         "IMAGE_SEARCH_ALLOW_PRIVATE_URLS": "0",
-    }).start()
-    yield live
-    live.stop()
+    }) as live:
+        yield live
 
 
 # ---------------------------------------------------------------- browser
